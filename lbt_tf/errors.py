@@ -1,0 +1,14 @@
+"""User-facing errors: `main` prints their message (which names the file or flag) and exits 2,
+instead of a stack trace."""
+
+
+class LbtError(Exception):
+    """Base of every error caused by the user's input (flags, files, requests)."""
+
+
+class DataError(LbtError, ValueError):
+    """A dataset directory, image or label file is missing, corrupt or inconsistent."""
+
+
+class ArchitectureError(LbtError, ValueError):
+    """An architecture JSON is malformed or does not fit the configured search space."""

@@ -1,0 +1,213 @@
+"""Every absl flag of lbt_tf, and `build_config`, the one place flags become a `Config`.
+
+Each flag maps onto one field of `lbt_tf.config.Config`; its default is that field's default, so
+the dataclasses stay the single source of defaults. No other module reads `FLAGS`.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from absl import flags
+
+from lbt_tf import config as config_lib
+
+MODES = ("demo", "sample_grid", "splits", "describe_arch", "measure_latency", "search",
+         "train", "evaluate", "export", "predict", "pipeline", "compile_pipeline", "compare",
+         "ratio_study")
+
+# flag name -> (section or None for top level, field name, help)
+_FLAG_TABLE = {
+    # top level
+    "run_dir": (None, "run_dir", "Directory for every output of this run."),
+    "seed": (None, "seed", "Global random seed (data order, init)."),
+    "resume": (None, "resume", "Continue from the last checkpoint in --run_dir."),
+    # data
+    "data_source": ("data", "source", "synthetic | cityscapes | tfds_cityscapes."),
+    "data_dir": ("data", "data_dir", "Cityscapes root with leftImg8bit/ and gtFine/."),
+    "tfds_manual_dir": ("data", "tfds_manual_dir", "tfds manual_dir holding Cityscapes zips."),
+    "tfds_data_dir": ("data", "tfds_data_dir", "tfds data_dir for prepared datasets."),
+    "num_classes": ("data", "num_classes", "Number of classes (Cityscapes train ids: 19)."),
+    "ignore_label": ("data", "ignore_label", "Label value ignored by losses and metrics."),
+    "image_height": ("data", "image_height", "Height images are resized to after decoding."),
+    "image_width": ("data", "image_width", "Width images are resized to after decoding."),
+    "crop_height": ("data", "crop_height", "Training crop height (divisible by 32)."),
+    "crop_width": ("data", "crop_width", "Training crop width (divisible by 32)."),
+    "scale_min": ("data", "scale_min", "Smallest random scale of training images."),
+    "scale_max": ("data", "scale_max", "Largest random scale of training images."),
+    "random_flip": ("data", "random_flip", "Random horizontal flips in training."),
+    "synthetic_train_size": ("data", "synthetic_train_size", "Synthetic train images."),
+    "synthetic_val_size": ("data", "synthetic_val_size", "Synthetic val images."),
+    "synthetic_test_size": ("data", "synthetic_test_size", "Synthetic (unlabeled) test images."),
+    "teacher_fraction": ("data", "teacher_fraction",
+                         "Share of the labeled train split given to the teacher."),
+    "teacher_train_fraction": ("data", "teacher_train_fraction",
+                               "Share of the teacher's data used for D_t^tr (rest: D_t^val)."),
+    "student_train_fraction": ("data", "student_train_fraction",
+                               "Share of the student's data used for D_s^tr (rest: D_s^val)."),
+    "unlabeled_source": ("data", "unlabeled_source", "test | folder: where D_u comes from."),
+    "unlabeled_dir": ("data", "unlabeled_dir", "Folder of unlabeled images for D_u."),
+    "pseudo_label_ratio": ("data", "pseudo_label_ratio",
+                           "|D_u used| : |D_s^tr|, pseudo-labeled to student-train images."),
+    "batch_size": ("data", "batch_size", "Training batch size (per split)."),
+    "eval_batch_size": ("data", "eval_batch_size", "Evaluation batch size."),
+    "deterministic": ("data", "deterministic", "Deterministic input pipeline (tests)."),
+    # teacher
+    "layers": ("teacher", "layers", "Cells of the FasterSeg supernet."),
+    "base_width": ("teacher", "base_width", "FasterSeg's Fch: channels are 8F/16F/32F."),
+    "width_mult_list": ("teacher", "width_mult_list", "Width ratios searched by gamma."),
+    "search_widths": ("teacher", "search_widths", "Search widths (False: full width only)."),
+    "stem_head_width": ("teacher", "stem_head_width", "Width ratios of stem and head."),
+    "gumbel_temperature": ("teacher", "gumbel_temperature", "Gumbel-softmax temperature."),
+    "branch_selection": ("teacher", "branch_selection",
+                         "acc_lat | strides_8_32 | strides_16_32: the kept branch pair."),
+    "latency_table": ("teacher", "latency_table", "Latency lookup table JSON of this device."),
+    "reference_latency_table": ("teacher", "reference_latency_table",
+                                "FasterSeg's 1080Ti table JSON, for comparison."),
+    # student
+    "student_blocks": ("student", "blocks_per_stage", "ResNet blocks per stage."),
+    "student_base_width": ("student", "base_width", "ResNet stem width (64 for ResNet-50)."),
+    "aspp_channels": ("student", "aspp_channels", "ASPP channels (256)."),
+    "student_output_stride": ("student", "output_stride", "8 | 16."),
+    "student_aux_head": ("student", "aux_head", "Auxiliary FCN head on stage-3 features."),
+    "student_weights": ("student", "pretrained_weights",
+                        "Local ResNet50 ImageNet notop .h5 or a .weights.h5 of ours."),
+    # search
+    "search_mode": ("search", "mode", "fasterseg | lpt | lbt."),
+    "hypergrad": ("search", "hypergrad", "exact | finite_difference (lbt only)."),
+    "search_epochs": ("search", "epochs", "Architecture-search epochs after warm-up."),
+    "warmup_epochs": ("search", "warmup_epochs", "Epochs of weight training with A frozen."),
+    "search_steps_per_epoch": ("search", "steps_per_epoch", "Steps per search epoch."),
+    "teacher_lr": ("search", "teacher_lr", "Teacher weight SGD learning rate."),
+    "student_lr": ("search", "student_lr", "Student weight SGD learning rate."),
+    "lr_decay": ("search", "lr_decay", "Per-epoch decay factor of the weight lrs."),
+    "momentum": ("search", "momentum", "SGD momentum of the weights."),
+    "weight_decay": ("search", "weight_decay", "Weight decay of the weights."),
+    "weight_grad_clip": ("search", "weight_grad_clip", "Global-norm clip of weight grads."),
+    "arch_lr": ("search", "arch_lr", "Adam learning rate of the architecture."),
+    "arch_beta_1": ("search", "arch_beta_1", "Adam beta_1 of the architecture."),
+    "arch_beta_2": ("search", "arch_beta_2", "Adam beta_2 of the architecture."),
+    "arch_weight_decay": ("search", "arch_weight_decay", "Weight decay of the architecture."),
+    "arch_grad_clip": ("search", "arch_grad_clip", "Global-norm clip of the arch gradient."),
+    "latency_weight": ("search", "latency_weight", "lambda_lat of the latency loss."),
+    "adaptive_latency": ("search", "adaptive_latency",
+                         "Halve/double latency_weight to keep latency in the target band."),
+    "latency_target_min_ms": ("search", "latency_target_min_ms", "Lower end of the band."),
+    "latency_target_max_ms": ("search", "latency_target_max_ms",
+                              "Upper end of the band (0: no band)."),
+    "pseudo_label_weight": ("search", "pseudo_label_weight",
+                            "Weight of the pseudo-label loss of the student."),
+    "student_val_weight": ("search", "student_val_weight",
+                           "Weight of the student's val loss in the arch objective."),
+    "pseudo_labels": ("search", "pseudo_labels", "soft | hard pseudo-labels in the real step."),
+    "finite_difference_scale": ("search", "finite_difference_scale",
+                                "DARTS epsilon numerator: eps = scale / ||v||."),
+    "max_skipped_steps": ("search", "max_skipped_steps",
+                          "Non-finite steps in a row before lbt falls back to lpt."),
+    "log_every": ("search", "log_every", "Steps between log lines."),
+    "distribute": ("search", "distribute", "Run under MirroredStrategy on all devices."),
+    # retrain
+    "arch": ("train", "arch", "Architecture JSON (derived or imported)."),
+    "train_epochs": ("train", "epochs", "Retraining epochs."),
+    "train_steps_per_epoch": ("train", "steps_per_epoch", "Retraining steps per epoch."),
+    "train_lr": ("train", "lr", "Retraining SGD learning rate."),
+    "train_lr_power": ("train", "lr_power", "Poly decay power of retraining."),
+    "aux_weight": ("train", "aux_weight", "Weight of the auxiliary-head losses."),
+    "distill_from": ("train", "distill_from", "Teacher network weights for distillation."),
+    "distill_arch": ("train", "distill_arch", "Architecture JSON of the distilling teacher."),
+    "distill_weight": ("train", "distill_weight", "Weight of the distillation KL loss."),
+    "distill_temperature": ("train", "distill_temperature", "Softening temperature."),
+    # evaluate
+    "eval_split": ("eval", "split", "Split to evaluate (val | train | test)."),
+    "eval_mode": ("eval", "mode", "whole | sliding."),
+    "latency_runs": ("eval", "latency_runs", "Timed runs for latency (median)."),
+    "latency_warmup": ("eval", "latency_warmup", "Untimed warm-up runs."),
+    "compare_student": ("eval", "compare_student", "Also time DeepLabV3 at the same size."),
+    "grid_images": ("eval", "grid_images", "Images in the prediction grid."),
+    # export / predict
+    "export_dir": ("export", "export_dir", "SavedModel directory (default: run_dir/export)."),
+    "tflite": ("export", "tflite", "Also write TFLite models."),
+    "int8": ("export", "int8", "Also write an int8 post-training-quantised TFLite model."),
+    "calibration_images": ("export", "calibration_images", "Representative images for int8."),
+    "input": ("export", "input", "predict: an image file or a folder of images."),
+    "output": ("export", "output", "predict: output folder."),
+    # pipeline / experiments
+    "pipeline_root": ("pipeline", "pipeline_root", "Root of the pipeline's artifacts."),
+    "serving_dir": ("pipeline", "serving_dir", "Where the pusher copies a blessed model."),
+    "bless_min_miou": ("pipeline", "bless_min_miou", "Blessing: minimum mIoU."),
+    "bless_max_latency_ms": ("pipeline", "bless_max_latency_ms", "Blessing: latency budget."),
+    "pipeline_yaml": ("pipeline", "pipeline_yaml", "Output path of the compiled pipeline."),
+    "compare_modes": ("pipeline", "compare_modes", "Search modes in --mode=compare."),
+    "tuner_max_trials": ("pipeline", "tuner_max_trials", "Trials of the ratio study."),
+    "tuner_ratios": ("pipeline", "tuner_ratios", "Pseudo-label ratios of the ratio study."),
+    "tuner_pseudo_label_weights": ("pipeline", "tuner_pseudo_label_weights",
+                                   "pseudo_label_weight values of the ratio study."),
+    "tuner_student_val_weights": ("pipeline", "tuner_student_val_weights",
+                                  "student_val_weight values of the ratio study."),
+}
+
+flags.DEFINE_enum("mode", "demo", MODES, "What to run.")
+
+
+def _field_default(section, name):
+    owner = config_lib.Config if section is None else type(getattr(config_lib.Config(), section))
+    for f in dataclasses.fields(owner):
+        if f.name == name:
+            return f.default, f.type
+    raise KeyError(f"{section}.{name}")
+
+
+def _define_all():
+    for flag_name, (section, field, help_text) in _FLAG_TABLE.items():
+        default, type_name = _field_default(section, field)
+        type_name = str(type_name)
+        if isinstance(default, bool):
+            flags.DEFINE_bool(flag_name, default, help_text)
+        elif isinstance(default, tuple) or "Tuple" in type_name:
+            flags.DEFINE_list(flag_name, [str(v) for v in (default or ())], help_text)
+        elif isinstance(default, int) and "float" not in type_name:
+            flags.DEFINE_integer(flag_name, default, help_text)
+        elif isinstance(default, float):
+            flags.DEFINE_float(flag_name, default, help_text)
+        elif "int" in type_name:  # Optional[int]
+            flags.DEFINE_integer(flag_name, default, help_text)
+        else:
+            flags.DEFINE_string(flag_name, default, help_text)
+
+
+_define_all()
+
+
+def _convert(flag_name, value, default):
+    if isinstance(default, tuple) and isinstance(value, list):
+        caster = type(default[0]) if default else str
+        try:
+            return tuple(caster(eval_fraction(v) if caster is float else v) for v in value)
+        except ValueError as err:
+            raise config_lib.ConfigError(f"--{flag_name}={','.join(value)}: {err}") from None
+    return value
+
+
+def eval_fraction(text):
+    """Parses '0.5' or '4/12' (FasterSeg writes widths as fractions)."""
+    text = str(text).strip()
+    if "/" in text:
+        num, den = text.split("/", 1)
+        return float(num) / float(den)
+    return float(text)
+
+
+def build_config(flag_values=flags.FLAGS) -> config_lib.Config:
+    """Turns parsed flags into the frozen, validated `Config`."""
+    top = {"mode": flag_values.mode}
+    sections = {}
+    for flag_name, (section, field, _) in _FLAG_TABLE.items():
+        default, _ = _field_default(section, field)
+        value = _convert(flag_name, flag_values[flag_name].value, default)
+        if section is None:
+            top[field] = value
+        else:
+            sections.setdefault(section, {})[field] = value
+    base = config_lib.Config()
+    for section, values in sections.items():
+        top[section] = dataclasses.replace(getattr(base, section), **values)
+    return config_lib.validate(config_lib.Config(**top))

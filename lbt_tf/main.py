@@ -1,0 +1,60 @@
+"""Entry point: `python -m lbt_tf.main --flagfile=configs/<name>.flags [--mode=...]`.
+
+Flags become one frozen `Config` here (lbt_tf.flags.build_config) and each mode is a function
+`run(config)` in the module named below; modules are imported only when their mode runs, so
+`--mode=sample_grid` does not build models.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+from absl import app, logging
+
+from lbt_tf import flags as lbt_flags
+from lbt_tf.errors import LbtError
+
+# mode -> "module:function"; each function takes the Config.
+MODE_HANDLERS = {
+    "demo": "lbt_tf.workflows:demo",
+    "sample_grid": "lbt_tf.data.visualize:run_sample_grid",
+    "splits": "lbt_tf.data.splits:run_print_splits",
+    "describe_arch": "lbt_tf.models.fasterseg.describe:run_describe_arch",
+    "measure_latency": "lbt_tf.models.fasterseg.latency:run_measure_latency",
+    "search": "lbt_tf.search.runner:run_search",
+    "train": "lbt_tf.retrain.trainer:run_train",
+    "evaluate": "lbt_tf.retrain.evaluate:run_evaluate",
+    "export": "lbt_tf.retrain.export:run_export",
+    "predict": "lbt_tf.retrain.predict:run_predict",
+    "pipeline": "pipelines.lbt_pipeline:run_pipeline",
+    "compile_pipeline": "pipelines.lbt_pipeline:run_compile_pipeline",
+    "compare": "lbt_tf.experiments.compare:run_compare",
+    "ratio_study": "lbt_tf.experiments.ratio_study:run_ratio_study",
+}
+
+
+def dispatch(config):
+    module_name, function_name = MODE_HANDLERS[config.mode].split(":")
+    handler = getattr(importlib.import_module(module_name), function_name)
+    return handler(config)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        config = lbt_flags.build_config()
+        dispatch(config)
+    except LbtError as err:
+        # The user's input is wrong: one clear line naming the file or flag, no stack trace.
+        logging.flush()
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
