@@ -26,6 +26,9 @@ class DataConfig:
     data_dir: Optional[str] = None        # Cityscapes root (leftImg8bit/, gtFine/)
     tfds_manual_dir: Optional[str] = None  # tfds manual_dir holding the Cityscapes zips
     tfds_data_dir: Optional[str] = None
+    # Checks of Cityscapes/folder files when listing: none | header (PNG header, sizes) | full
+    # (decodes every file and checks label ids; slow on the full dataset).
+    validate_files: str = "header"
     num_classes: int = 19
     ignore_label: int = 255
     # Size every image is brought to after decoding (Cityscapes: 1024x2048 down-sampled x2).
@@ -148,6 +151,8 @@ class ExportConfig:
     tflite: bool = True
     int8: bool = True
     calibration_images: int = 8
+    tflite_eval_images: int = 8           # val images the float/int8 TFLite models are scored on
+    serving_probabilities: bool = True    # serving signature also returns softmax probabilities
     input: Optional[str] = None           # predict: image or folder
     output: Optional[str] = None          # predict: output folder
 
@@ -159,7 +164,10 @@ class PipelineConfig:
     bless_min_miou: float = 0.0
     bless_max_latency_ms: float = 1e9
     pipeline_yaml: Optional[str] = None
+    # Container image with lbt_tf installed that every component runs in on Kubeflow / Vertex.
+    component_image: str = "lbt-tf:latest"
     compare_modes: Tuple[str, ...] = ("fasterseg", "lpt", "lbt")
+    tuner_algorithm: str = "grid"          # grid | bayesian (keras-tuner oracles)
     tuner_max_trials: int = 6
     tuner_ratios: Tuple[float, ...] = (0.5, 1.0, 2.0)
     tuner_pseudo_label_weights: Tuple[float, ...] = (0.5, 1.0)

@@ -12,3 +12,7 @@ class DataError(LbtError, ValueError):
 
 class ArchitectureError(LbtError, ValueError):
     """An architecture JSON is malformed or does not fit the configured search space."""
+
+
+class WeightsError(LbtError, ValueError):
+    """A weights file is missing, unreadable or does not fit the model; the message names it."""

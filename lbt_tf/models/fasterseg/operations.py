@@ -1,0 +1,223 @@
+"""FasterSeg's operators as Keras layers: fixed-width (derived network) and width-masked (supernet).
+
+Operator order is FasterSeg's (search/operations.py, genotypes.PRIMITIVES):
+  0 skip            stride 2: factorized reduce (two 1x1 stride-2 convs, concat, BN, ReLU);
+                    stride 1: identity in the derived net, 1x1 conv-BN-ReLU in the supernet
+                    (the supernet's input and output widths may differ, as in FasterSeg).
+  1 conv            3x3 conv-BN-ReLU
+  2 conv_downup     bilinear 1/2 down, 3x3 conv-BN, bilinear up (stride 1 only), ReLU
+  3 conv_2x         two 3x3 conv-BN-ReLU
+  4 conv_2x_downup  down, conv-BN-ReLU, conv-BN, up (stride 1 only), ReLU
+Every resize goes through `resize_bilinear` (twice differentiable) with FasterSeg's
+align_corners=True. Half of a feature map is max(1, size // 2), so a 1x2 map at 1/32 of a 32x64
+input still works (FasterSeg would fail there).
+"""
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from lbt_tf.ops.resize import resize_bilinear
+
+OP_NAMES = ("skip", "conv", "conv_downup", "conv_2x", "conv_2x_downup")
+# FasterSeg's class names, used in latency-table keys.
+OP_TABLE_NAMES = ("FactorizedReduce", "BasicResidual1x", "BasicResidual_downup_1x",
+                  "BasicResidual2x", "BasicResidual_downup_2x")
+BN_MOMENTUM = 0.9   # PyTorch momentum 0.1
+BN_EPSILON = 1e-5
+
+
+def num_filters(base_width: int, scale: int, width: float = 1.0) -> int:
+    """FasterSeg's `num_filters`: round(scale * F * width) channels."""
+    return int(np.round(scale * base_width * width))
+
+
+def half_size(height: int, width: int):
+    return max(1, height // 2), max(1, width // 2)
+
+
+def _conv(filters, kernel_size, strides=1, use_bias=False, name=None):
+    return keras.layers.Conv2D(filters, kernel_size, strides=strides, padding="same",
+                               use_bias=use_bias, kernel_initializer="he_normal", name=name)
+
+
+def _bn(name=None):
+    return keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)
+
+
+class ConvNorm(keras.layers.Layer):
+    """conv (no bias) -> BN -> ReLU (FasterSeg ConvNorm / ConvBnRelu)."""
+
+    def __init__(self, filters, kernel_size=3, strides=1, relu=True, **kwargs):
+        super().__init__(**kwargs)
+        self.built = True   # sublayers build on the first call (no symbolic trace)
+        self.filters, self.kernel_size, self.strides, self.relu = filters, kernel_size, strides, relu
+        self.conv = _conv(filters, kernel_size, strides, name="conv")
+        self.bn = _bn("bn")
+
+    def call(self, x, training=None):
+        x = self.bn(self.conv(x), training=training)
+        return tf.nn.relu(x) if self.relu else x
+
+
+class CellOp(keras.layers.Layer):
+    """One FasterSeg operator at fixed channels (the derived network's cell)."""
+
+    def __init__(self, op_index: int, filters: int, strides: int = 1, **kwargs):
+        super().__init__(**kwargs)
+        self.built = True   # sublayers build on the first call (no symbolic trace)
+        if op_index not in range(len(OP_NAMES)):
+            raise ValueError(f"operator index {op_index} not in 0..{len(OP_NAMES) - 1}")
+        self.op_index, self.filters, self.strides = op_index, filters, strides
+        self.identity = op_index == 0 and strides == 1
+        if op_index == 0 and strides == 2:
+            self.reduce_a = _conv(filters // 2, 1, 2, name="reduce_a")
+            self.reduce_b = _conv(filters - filters // 2, 1, 2, name="reduce_b")
+            self.bn = _bn("bn")
+        elif op_index in (1, 2):
+            self.conv1 = _conv(filters, 3, strides if op_index == 1 else 1, name="conv1")
+            self.bn1 = _bn("bn1")
+        elif op_index in (3, 4):
+            self.conv1 = _conv(filters, 3, strides if op_index == 3 else 1, name="conv1")
+            self.bn1 = _bn("bn1")
+            self.conv2 = _conv(filters, 3, 1, name="conv2")
+            self.bn2 = _bn("bn2")
+
+    def call(self, x, training=None):
+        if self.identity:
+            return x
+        height, width = int(x.shape[1]), int(x.shape[2])
+        if self.op_index == 0:
+            out = tf.concat([self.reduce_a(x), self.reduce_b(x[:, 1:, 1:, :])], axis=-1)
+            return tf.nn.relu(self.bn(out, training=training))
+        downup = self.op_index in (2, 4)
+        if downup:
+            x = resize_bilinear(x, half_size(height, width), align_corners=True)
+        out = self.bn1(self.conv1(x), training=training)
+        if self.op_index in (3, 4):
+            out = self.bn2(self.conv2(tf.nn.relu(out)), training=training)
+        if downup and self.strides == 1:
+            out = resize_bilinear(out, (height, width), align_corners=True)
+        return tf.nn.relu(out)
+
+
+class Head(keras.layers.Layer):
+    """3x3 conv-BN-ReLU to `mid` channels, then a 1x1 conv with bias to the classes."""
+
+    def __init__(self, in_channels: int, num_classes: int, **kwargs):
+        super().__init__(**kwargs)
+        self.built = True   # sublayers build on the first call (no symbolic trace)
+        # FasterSeg's Head: mid = in for <= 256 input channels, else in // 2.
+        mid = in_channels if in_channels <= 256 else in_channels // 2
+        self.conv_bn_relu = ConvNorm(mid, 3, name="conv_3x3")
+        self.classifier = keras.layers.Conv2D(num_classes, 1, name="conv_1x1")
+
+    def call(self, x, training=None):
+        return self.classifier(self.conv_bn_relu(x, training=training))
+
+
+class FeatureFusion(keras.layers.Layer):
+    """1x1 conv-BN-ReLU followed by channel attention (BiSeNet's fusion module).
+
+    FasterSeg's FeatureFusion declares the attention's two bias-free 1x1 convs but its forward
+    skips them; here they are applied (fm + fm * sigmoid(att(pool(fm)))) so no weight is dead
+    (a dead weight has a None gradient) and the trainable parameters equal FasterSeg's.
+    """
+
+    def __init__(self, channels: int, **kwargs):
+        super().__init__(**kwargs)
+        self.built = True   # sublayers build on the first call (no symbolic trace)
+        self.conv_1x1 = ConvNorm(channels, 1, name="conv_1x1")
+        self.attention_1 = keras.layers.Conv2D(channels, 1, use_bias=False, name="attention_1")
+        self.attention_2 = keras.layers.Conv2D(channels, 1, use_bias=False, name="attention_2")
+
+    def call(self, x, training=None):
+        fm = self.conv_1x1(x, training=training)
+        pooled = tf.reduce_mean(fm, axis=[1, 2], keepdims=True)
+        attention = tf.sigmoid(self.attention_2(tf.nn.relu(self.attention_1(pooled))))
+        return fm + fm * attention
+
+
+# ----------------------------------------------------------------------------------------------
+# Supernet: one kernel per operator at the largest width; a channel mask selects the width.
+# ----------------------------------------------------------------------------------------------
+
+def prefix_masks(channels: int, width_mult_list, halves: bool = False) -> np.ndarray:
+    """[n_widths, channels] 0/1 masks keeping round(channels * ratio) leading channels.
+
+    halves=True (factorized reduce): each of the two concatenated halves keeps its own leading
+    round(channels * ratio) // 2 channels, like FasterSeg's two sliced USConv2d.
+    """
+    masks = np.zeros((len(width_mult_list), channels), np.float32)
+    for k, ratio in enumerate(width_mult_list):
+        kept = max(1, int(np.round(channels * ratio)))
+        if halves:
+            half = channels // 2
+            masks[k, :max(1, kept // 2)] = 1.0
+            masks[k, half:half + max(1, kept // 2)] = 1.0
+        else:
+            masks[k, :kept] = 1.0
+    return masks
+
+
+class MaskedOp(keras.layers.Layer):
+    """One operator of the supernet at max width; `call(x, width_weights)` masks its channels.
+
+    Width switching = USConv2d's kernel slicing, done as masking: the input's channels beyond
+    its width are already zero, so a full conv equals the sliced conv; the output is multiplied
+    after every ReLU by mask = width_weights @ prefix_masks (BN before the mask would undo a
+    soft mask). With one-hot width weights the forward equals the sliced operator exactly.
+    """
+
+    def __init__(self, op_index, out_channels, strides, width_mult_list, **kwargs):
+        super().__init__(**kwargs)
+        self.built = True   # sublayers build on the first call (no symbolic trace)
+        self.op_index, self.strides = op_index, strides
+        self.masks = prefix_masks(out_channels, width_mult_list, halves=op_index == 0 and strides == 2)
+        if op_index == 0 and strides == 2:
+            self.reduce_a = _conv(out_channels // 2, 1, 2, name="reduce_a")
+            self.reduce_b = _conv(out_channels - out_channels // 2, 1, 2, name="reduce_b")
+            self.bn = _bn("bn")
+        elif op_index == 0:
+            self.conv1 = _conv(out_channels, 1, 1, name="conv1")
+            self.bn1 = _bn("bn1")
+        else:
+            self.conv1 = _conv(out_channels, 3, strides if op_index in (1, 3) else 1, name="conv1")
+            self.bn1 = _bn("bn1")
+            if op_index in (3, 4):
+                self.conv2 = _conv(out_channels, 3, 1, name="conv2")
+                self.bn2 = _bn("bn2")
+
+    def call(self, x, width_weights, training=None):
+        mask = tf.tensordot(tf.cast(width_weights, x.dtype), tf.constant(self.masks, x.dtype), 1)
+        height, width = int(x.shape[1]), int(x.shape[2])
+        if self.op_index == 0 and self.strides == 2:
+            out = tf.concat([self.reduce_a(x), self.reduce_b(x[:, 1:, 1:, :])], axis=-1)
+            return tf.nn.relu(self.bn(out, training=training)) * mask
+        downup = self.op_index in (2, 4)
+        if downup:
+            x = resize_bilinear(x, half_size(height, width), align_corners=True)
+        out = self.bn1(self.conv1(x), training=training)
+        if self.op_index in (3, 4):
+            out = tf.nn.relu(out) * mask
+            out = self.bn2(self.conv2(out), training=training)
+        if downup and self.strides == 1:
+            out = resize_bilinear(out, (height, width), align_corners=True)
+        return tf.nn.relu(out) * mask
+
+
+class MixedOp(keras.layers.Layer):
+    """sum_o alpha_o * op_o(x) over FasterSeg's five operators (one width mask for all)."""
+
+    def __init__(self, out_channels, strides, width_mult_list, **kwargs):
+        super().__init__(**kwargs)
+        self.built = True   # sublayers build on the first call (no symbolic trace)
+        self.ops = [MaskedOp(k, out_channels, strides, width_mult_list, name=name)
+                    for k, name in enumerate(OP_NAMES)]
+
+    def call(self, x, op_weights, width_weights, training=None):
+        out = 0.0
+        for k, op in enumerate(self.ops):
+            out = out + op_weights[k] * op(x, width_weights, training=training)
+        return out

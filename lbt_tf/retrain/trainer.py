@@ -1,0 +1,187 @@
+"""`--mode=train`: retrain a derived architecture from scratch (FasterSeg's retraining).
+
+loss = CE(logits) + aux_weight * sum CE(aux_logits)
+       [+ distill_weight * KL(teacher || network) on temperature-softened logits]
+SGD with momentum, weight decay and poly learning-rate decay (config.train), driven by
+`keras.Model.fit`: progress bar, TensorBoard, `BackupAndRestore` for `--resume`. The network's
+weights go to `<run_dir>/train/model.weights.h5` after every epoch, its architecture JSON beside.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+import shutil
+
+import keras
+import tensorflow as tf
+
+from lbt_tf.config import Config, ConfigError
+from lbt_tf.ops import losses
+from lbt_tf.retrain import network as network_lib
+
+
+class RetrainModel(keras.Model):
+    """Wraps the derived network (and an optional frozen teacher) with the retraining loss."""
+
+    def __init__(self, network, ignore_label: int, aux_weight: float, teacher=None,
+                 distill_weight: float = 0.0, distill_temperature: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.network = network
+        self.teacher = teacher
+        if teacher is not None:
+            teacher.trainable = False
+        self.ignore_label = ignore_label
+        self.aux_weight = aux_weight
+        self.distill_weight = distill_weight
+        self.distill_temperature = distill_temperature
+        self.trackers = {name: keras.metrics.Mean(name=name)
+                         for name in ("loss", "ce", "aux_ce", "distill_kl")}
+
+    def call(self, images, training=False):
+        return self.network(images, training=training)
+
+    def compute_losses(self, outputs, labels, images):
+        """Each term of the loss; `loss` is their weighted sum."""
+        logits = network_lib.logits_of(outputs)
+        ce = losses.segmentation_ce(logits, labels, self.ignore_label)
+        aux_logits = list(outputs.get("aux_logits") or []) if isinstance(outputs, dict) else []
+        aux_ce = tf.add_n([losses.segmentation_ce(a, labels, self.ignore_label)
+                           for a in aux_logits]) if aux_logits else tf.zeros_like(ce)
+        total = ce + self.aux_weight * aux_ce
+        distill = tf.zeros_like(ce)
+        if self.teacher is not None and self.distill_weight > 0:
+            teacher_logits = tf.stop_gradient(
+                network_lib.logits_of(self.teacher(images, training=False)))
+            distill = losses.distillation_kl(logits, teacher_logits, self.distill_temperature)
+            total = total + self.distill_weight * distill
+        return {"loss": total, "ce": ce, "aux_ce": aux_ce, "distill_kl": distill}
+
+    def train_step(self, data):
+        images, labels = data
+        variables = self.network.trainable_variables
+        with tf.GradientTape() as tape:
+            outputs = self.network(images, training=True)
+            terms = self.compute_losses(outputs, labels, images)
+        gradients = tape.gradient(terms["loss"], variables)
+        self.optimizer.apply_gradients(zip(gradients, variables))
+        return self._update_trackers(terms)
+
+    def test_step(self, data):
+        images, labels = data
+        terms = self.compute_losses(self.network(images, training=False), labels, images)
+        return self._update_trackers(terms)
+
+    def _update_trackers(self, terms):
+        for name, tracker in self.trackers.items():
+            tracker.update_state(terms[name])
+        return {name: tracker.result() for name, tracker in self.trackers.items()}
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
+
+class SaveNetworkWeights(keras.callbacks.Callback):
+    """Writes the bare network's weights (no optimizer, no teacher) after every epoch."""
+
+    def __init__(self, network, path):
+        super().__init__()
+        self.network = network
+        self.path = path
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.network.save_weights(self.path)
+
+    def on_train_end(self, logs=None):
+        self.network.save_weights(self.path)
+
+
+def tensorboard_available() -> bool:
+    """Keras' TensorBoard callback writes through the `tensorboard` package's summary ops."""
+    return importlib.util.find_spec("tensorboard") is not None
+
+
+def make_optimizer(train_config, total_steps: int):
+    """SGD + momentum + weight decay, lr decayed by (1 - step/total)^power (FasterSeg's poly)."""
+    schedule = keras.optimizers.schedules.PolynomialDecay(
+        train_config.lr, decay_steps=max(total_steps, 1), end_learning_rate=0.0,
+        power=train_config.lr_power)
+    return keras.optimizers.SGD(learning_rate=schedule, momentum=train_config.momentum,
+                                weight_decay=train_config.weight_decay)
+
+
+def train_source(splits):
+    """The whole labeled train split as one `Source`: the four LBT parts (D_t^tr, D_t^val,
+    D_s^tr, D_s^val) are disjoint pieces of it with the same reader, so their keys are joined."""
+    parts = [splits.teacher_train, splits.teacher_val, splits.student_train, splits.student_val]
+    keys = tuple(sorted(k for part in parts for k in part.keys))
+    return dataclasses.replace(splits.teacher_train, name="train", keys=keys)
+
+
+def training_dataset(config: Config):
+    """(repeated dataset of random training crops, batches in one pass over the train split)."""
+    from lbt_tf import data as data_lib
+    source = train_source(data_lib.make_splits(config.data, config.seed))
+    dataset = data_lib.make_dataset(config.data, source, training=True, seed=config.seed,
+                                    repeat=True)
+    return dataset, len(source) // config.data.batch_size
+
+
+def _load_teacher(config: Config, input_hw):
+    t = config.train
+    if t.distill_weight <= 0:
+        return None
+    if not t.distill_from:
+        raise ConfigError("--distill_weight > 0 needs --distill_from (teacher weights)")
+    if not os.path.isfile(t.distill_from):
+        raise ConfigError(f"--distill_from={t.distill_from}: no such file")
+    arch_path = t.distill_arch or os.path.join(os.path.dirname(t.distill_from),
+                                               network_lib.ARCH_NAME)
+    arch = network_lib.load_arch(arch_path, flag="--distill_arch")
+    teacher = network_lib.build_network(config, arch, input_hw)
+    try:
+        teacher.load_weights(t.distill_from)
+    except ValueError as err:
+        raise ConfigError(f"--distill_from={t.distill_from} does not fit --distill_arch="
+                          f"{arch_path}: {err}") from None
+    return teacher
+
+
+def run_train(config: Config):
+    """Trains the network of `--arch`; returns {"weights", "arch", "history"}."""
+    t = config.train
+    arch = network_lib.load_arch(t.arch)
+    if t.epochs <= 0:
+        raise ConfigError(f"--train_epochs must be positive, got {t.epochs}")
+    keras.utils.set_random_seed(config.seed)
+    out_dir = network_lib.train_dir(config)
+    os.makedirs(out_dir, exist_ok=True)
+    arch_copy = network_lib.save_arch_beside_weights(arch, out_dir)
+
+    input_hw = (config.data.crop_height, config.data.crop_width)
+    dataset, batches_per_pass = training_dataset(config)
+    steps = t.steps_per_epoch or batches_per_pass
+    net = network_lib.build_network(config, arch, input_hw)
+    model = RetrainModel(net, config.data.ignore_label, t.aux_weight,
+                         teacher=_load_teacher(config, input_hw),
+                         distill_weight=t.distill_weight,
+                         distill_temperature=t.distill_temperature)
+    model.compile(optimizer=make_optimizer(t, t.epochs * steps), jit_compile=False)
+    model(tf.zeros((1, *input_hw, 3)))  # BackupAndRestore needs a built model
+
+    backup_dir = os.path.join(out_dir, "backup")
+    if not config.resume and os.path.isdir(backup_dir):
+        shutil.rmtree(backup_dir)  # a fresh run must not silently continue an old one
+    weights_path = os.path.join(out_dir, network_lib.WEIGHTS_NAME)
+    callbacks = [keras.callbacks.BackupAndRestore(backup_dir, delete_checkpoint=False),
+                 SaveNetworkWeights(net, weights_path)]
+    if tensorboard_available():
+        callbacks.append(keras.callbacks.TensorBoard(os.path.join(out_dir, "tensorboard")))
+    else:
+        print("note: the tensorboard package is not installed; no TensorBoard logs")
+    history = model.fit(dataset, epochs=t.epochs, steps_per_epoch=steps, callbacks=callbacks,
+                        shuffle=False, verbose=1)
+    net.save_weights(weights_path)
+    print(f"weights={weights_path}")
+    return {"weights": weights_path, "arch": arch_copy, "history": history.history}

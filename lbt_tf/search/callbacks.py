@@ -1,0 +1,152 @@
+"""Keras callbacks of the search: schedule, lbt -> lpt fallback, architecture log, checkpoints."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Callable, Dict, List, Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+
+class EpochSchedule(keras.callbacks.Callback):
+    """FasterSeg's schedule, per epoch: warm-up (A frozen) for `warmup_epochs`, then search;
+    weight learning rates lr0 * lr_decay**epoch (FasterSeg: ExponentialLR per epoch); the
+    latency weight halved/doubled to keep the expected latency in [min, max] ms."""
+
+    def __init__(self, search_config, latency_fn: Optional[Callable] = None):
+        super().__init__()
+        self.config = search_config
+        self.latency_fn = latency_fn
+
+    def on_epoch_begin(self, epoch, logs=None):
+        cfg, model = self.config, self.model
+        factor = cfg.lr_decay ** epoch
+        model.teacher_optimizer.learning_rate.assign(cfg.teacher_lr * factor)
+        model.student_optimizer.learning_rate.assign(cfg.student_lr * factor)
+        model.set_phase("warmup" if epoch < cfg.warmup_epochs else "search")
+
+    def on_epoch_end(self, epoch, logs=None):
+        cfg, model = self.config, self.model
+        if self.latency_fn is None:
+            return
+        latency = float(self.latency_fn(model.teacher_learner.arch_values()))
+        if logs is not None:
+            logs["expected_latency_ms"] = latency
+        if (not cfg.adaptive_latency or cfg.latency_target_max_ms <= 0
+                or epoch < cfg.warmup_epochs):
+            return
+        weight = float(model.latency_weight.numpy())
+        if latency > cfg.latency_target_max_ms:
+            weight *= 2.0
+        elif latency < cfg.latency_target_min_ms:
+            weight /= 2.0
+        model.latency_weight.assign(weight)
+        if logs is not None:
+            logs["latency_weight"] = weight
+
+
+class NonFiniteFallback(keras.callbacks.Callback):
+    """After `max_skipped_steps` non-finite steps in a row, lbt falls back to lpt (and says so)."""
+
+    def __init__(self, max_skipped_steps: int, log_fn=print):
+        super().__init__()
+        self.max_skipped_steps = max_skipped_steps
+        self.log_fn = log_fn
+        self.fell_back = False
+
+    def on_train_batch_end(self, batch, logs=None):
+        model = self.model
+        if model.mode != "lbt" or self.max_skipped_steps <= 0:
+            return
+        in_a_row = int(model.consecutive_skips.numpy())
+        if in_a_row >= self.max_skipped_steps:
+            self.log_fn(f"search: {in_a_row} non-finite steps in a row; falling back from lbt "
+                        "to lpt (first-order architecture gradient) for the rest of the search")
+            model.consecutive_skips.assign(0)
+            model.set_mode("lpt")
+            self.fell_back = True
+
+
+class ArchitectureLog(keras.callbacks.Callback):
+    """After every epoch: the derived architecture JSON and the arch values (alpha/beta/...)
+    history; at the end a plot of their evolution (softmax of each row, per variable)."""
+
+    def __init__(self, run_dir: str, derive_fn: Callable, save_fn: Callable,
+                 history: Optional[List[Dict]] = None):
+        super().__init__()
+        self.run_dir = run_dir
+        self.derive_fn = derive_fn
+        self.save_fn = save_fn
+        self.history = history if history is not None else []
+        self.latest_path = None
+        os.makedirs(os.path.join(run_dir, "arch"), exist_ok=True)
+
+    def on_epoch_end(self, epoch, logs=None):
+        model = self.model
+        arch = self.derive_fn()
+        path = os.path.join(self.run_dir, "arch", f"arch_epoch_{epoch + 1:03d}.json")
+        self.save_fn(arch, path)
+        self.save_fn(arch, os.path.join(self.run_dir, "arch.json"))
+        self.latest_path = os.path.join(self.run_dir, "arch.json")
+        values = {v.path: np.asarray(v.numpy()).tolist()
+                  for v in model.teacher_learner.arch_variables}
+        self.history.append({"epoch": epoch + 1, "arch_values": values})
+        with open(os.path.join(self.run_dir, "arch", "arch_history.json"), "w") as f:
+            json.dump(self.history, f)
+
+    def on_train_end(self, logs=None):
+        if self.history:
+            plot_arch_history(self.history, os.path.join(self.run_dir, "arch_evolution.png"))
+
+
+def plot_arch_history(history: List[Dict], path: str):
+    """One panel per arch variable: softmax weight of each choice (mean over rows) per epoch."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    names = list(history[0]["arch_values"].keys())
+    epochs = [h["epoch"] for h in history]
+    cols = min(3, len(names))
+    rows = (len(names) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        series = []
+        for h in history:
+            logits = np.asarray(h["arch_values"][name], dtype=np.float64)
+            logits = logits.reshape(-1, logits.shape[-1]) if logits.ndim else logits.reshape(1, 1)
+            probs = np.exp(logits - logits.max(-1, keepdims=True))
+            probs /= probs.sum(-1, keepdims=True)
+            series.append(probs.mean(0))
+        series = np.stack(series)
+        for k in range(series.shape[1]):
+            ax.plot(epochs, series[:, k], marker="o", label=f"choice {k}")
+        ax.set_title(name.split("/")[-1], fontsize=8)
+        ax.set_xlabel("epoch")
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize=6)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+class CheckpointEveryEpoch(keras.callbacks.Callback):
+    """`tf.train.CheckpointManager` save at every epoch end (a kill loses at most one epoch)."""
+
+    def __init__(self, manager: tf.train.CheckpointManager, epoch_variable, extra_state_fn=None):
+        super().__init__()
+        self.manager = manager
+        self.epoch_variable = epoch_variable
+        self.extra_state_fn = extra_state_fn
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch_variable.assign(epoch + 1)
+        if self.extra_state_fn is not None:
+            self.extra_state_fn(epoch + 1, logs or {})
+        path = self.manager.save(checkpoint_number=epoch + 1)
+        logging.info("checkpoint %s", path)

@@ -1,0 +1,228 @@
+"""`run_search(config)`: warm-up + architecture search (fasterseg | lpt | lbt) under `fit`.
+
+Outputs under `config.run_dir`: `tensorboard/` (losses of both learners, val mIoU of teacher and
+student, expected latency, skipped steps), `arch/arch_epoch_NNN.json` + `arch.json` (derived after
+every epoch), `arch_evolution.png`, `checkpoints/` (`tf.train.CheckpointManager`, one per epoch;
+`--resume` continues from the last one) and `search_state.json` (history, mode after a fallback).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Dict, List, Optional
+
+import keras
+import tensorflow as tf
+from absl import logging
+
+from lbt_tf.errors import DataError
+from lbt_tf.search import callbacks as search_callbacks
+from lbt_tf.search.lbt_model import LBTSearch
+
+TRAIN_SOURCES = ("teacher_train", "teacher_val", "student_train", "student_val", "unlabeled")
+STATE_FILE = "search_state.json"
+
+
+@dataclasses.dataclass
+class SearchResult:
+    architecture: Dict
+    arch_path: str
+    teacher_miou: float
+    student_miou: Optional[float]
+    history: List[Dict]              # one dict per epoch (losses, val mIoUs, latency, skips)
+    skipped_steps: int
+    expected_latency_ms: Optional[float]
+    checkpoint_dir: str
+    mode: str                        # the mode at the end (lpt after a fallback from lbt)
+    arch_history_plot: Optional[str] = None
+
+
+def make_strategy(search_config):
+    """MirroredStrategy over the available devices when --distribute, else the default."""
+    if search_config.distribute:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def make_search_input(config, mode: str, seed: int):
+    """The zipped training input (dict of the five sources, the smaller ones repeated), the
+    val dataset (whole images) and the steps per epoch (one pass over D_t^tr by default)."""
+    from lbt_tf.data.pipeline import make_dataset, make_unlabeled_dataset
+    from lbt_tf.data.splits import make_splits
+
+    d = config.data
+    splits = make_splits(d, config.seed)
+    names = TRAIN_SOURCES if mode != "fasterseg" else TRAIN_SOURCES[:2]
+    if "unlabeled" in names and len(splits.unlabeled) < d.batch_size:
+        raise DataError(f"D_u has {len(splits.unlabeled)} images, fewer than --batch_size="
+                        f"{d.batch_size}; raise --pseudo_label_ratio or add unlabeled images")
+    datasets = {}
+    for offset, name in enumerate(names):
+        source = getattr(splits, name)
+        if name == "unlabeled":
+            datasets[name] = make_unlabeled_dataset(d, source, seed=seed + offset, repeat=True)
+        else:
+            datasets[name] = make_dataset(d, source, training=True, seed=seed + offset,
+                                          repeat=True)
+    train = tf.data.Dataset.zip(datasets)
+    steps = config.search.steps_per_epoch or max(len(splits.teacher_train) // d.batch_size, 1)
+    val = make_dataset(d, splits.val, training=False).map(
+        lambda images, labels: _to_crop_size(images, labels, d.crop_height, d.crop_width))
+    return train, val, steps
+
+
+def _to_crop_size(images, labels, height, width):
+    """Search-time validation runs at the training crop size (the networks are built with static
+    shapes): whole val images resized (bilinear), labels nearest. Input pipeline only."""
+    images = tf.image.resize(images, (height, width), method="bilinear")
+    labels = tf.image.resize(labels[..., None], (height, width), method="nearest")[..., 0]
+    return tf.ensure_shape(images, (None, height, width, 3)), tf.cast(labels, tf.int32)
+
+
+def import_builders():
+    """(build_supernet, derive_architecture, save_architecture) of lbt_tf.models.fasterseg."""
+    try:
+        from lbt_tf.models.fasterseg import build_supernet, derive_architecture, save_architecture
+    except ImportError:
+        from lbt_tf.models.fasterseg.genotype import derive_architecture, save_architecture
+        from lbt_tf.models.fasterseg.supernet import build_supernet
+    return build_supernet, derive_architecture, save_architecture
+
+
+def build_search_model(config, mode: Optional[str] = None):
+    """Supernet, student (None for fasterseg) and the compiled LBTSearch (inside the current
+    strategy scope)."""
+    build_supernet = import_builders()[0]
+
+    mode = mode or config.search.mode
+    d = config.data
+    supernet = build_supernet(config)
+    student = None
+    if mode != "fasterseg":
+        from lbt_tf.models.deeplab import build_student_from_config
+        student = build_student_from_config(config)  # crop-sized input, pretrained if set
+    latency_fn = None
+    if getattr(supernet, "latency_table", True) is None:
+        from lbt_tf.models.fasterseg.latency import table_for_config
+        table, path = table_for_config(config)  # this device's table, measured once and cached
+        logging.info("latency table: %s", path)
+        supernet.set_latency_table(table)
+    if hasattr(supernet, "expected_latency"):
+        latency_fn = lambda arch: supernet.expected_latency(arch)  # noqa: E731
+    # FasterSeg's teacher (arch_0: full width only) searches without the latency term.
+    latency_weight = config.search.latency_weight if config.teacher.search_widths else 0.0
+    model = LBTSearch(supernet, student, config.search, ignore_label=d.ignore_label,
+                      num_classes=d.num_classes, latency_fn=latency_fn,
+                      latency_weight=latency_weight, mode=mode)
+    model.compile()
+    return model
+
+
+def _checkpoint(model, epoch_variable):
+    items = dict(supernet=model.supernet, teacher_optimizer=model.teacher_optimizer,
+                 arch_optimizer=model.arch_optimizer, epoch=epoch_variable,
+                 latency_weight=model.latency_weight.value,
+                 skipped_steps=model.skipped_steps.value,
+                 consecutive_skips=model.consecutive_skips.value)
+    if model.student is not None:
+        items.update(student=model.student, student_optimizer=model.student_optimizer)
+    return tf.train.Checkpoint(**items)
+
+
+def _load_state(run_dir):
+    path = os.path.join(run_dir, STATE_FILE)
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def _to_python(logs):
+    return {k: float(v) for k, v in (logs or {}).items()}
+
+
+def run_search(config) -> SearchResult:
+    """Warm-up (A frozen) then search, resumable; prints the architecture and the mIoUs."""
+    _, derive_architecture, save_architecture = import_builders()
+    cfg = config.search
+    run_dir = config.run_dir
+    os.makedirs(run_dir, exist_ok=True)
+    keras.utils.set_random_seed(config.seed)
+    strategy = make_strategy(cfg)
+    state = _load_state(run_dir) if config.resume else {}
+    mode = state.get("mode", cfg.mode)
+    with strategy.scope():
+        model = build_search_model(config, mode)
+        epoch_variable = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        checkpoint = _checkpoint(model, epoch_variable)
+    checkpoint_dir = os.path.join(run_dir, "checkpoints")
+    manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=2)
+    initial_epoch = 0
+    if config.resume and manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        initial_epoch = int(epoch_variable.numpy())
+        print(f"search: resumed from {manager.latest_checkpoint} at epoch {initial_epoch} "
+              f"(mode {mode})")
+    history: List[Dict] = [h for h in state.get("history", []) if h["epoch"] <= initial_epoch]
+    arch_history = [h for h in state.get("arch_history", []) if h["epoch"] <= initial_epoch]
+    total_epochs = cfg.warmup_epochs + cfg.epochs
+
+    # Different (deterministic) batches after a resume instead of replaying epoch 0's.
+    train, val, steps = make_search_input(config, mode, seed=config.seed + 1000 * initial_epoch)
+    latency_fn = model.problem.latency_fn
+    arch_log = search_callbacks.ArchitectureLog(
+        run_dir, lambda: derive_architecture(model.supernet, config.teacher), save_architecture,
+        history=arch_history)
+    fallback = search_callbacks.NonFiniteFallback(cfg.max_skipped_steps)
+
+    def save_state(epoch, logs):
+        entry = dict(_to_python(logs), epoch=epoch, mode=model.mode,
+                     skipped_steps=int(model.skipped_steps.numpy()))
+        history.append(entry)
+        with open(os.path.join(run_dir, STATE_FILE), "w") as f:
+            json.dump({"mode": model.mode, "history": history, "arch_history": arch_log.history},
+                      f, indent=1)
+
+    callbacks = [
+        search_callbacks.EpochSchedule(cfg, latency_fn),
+        fallback,
+        arch_log,
+        search_callbacks.CheckpointEveryEpoch(manager, epoch_variable, save_state),
+        keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"), update_freq="epoch"),
+    ]
+    if initial_epoch < total_epochs:
+        model.fit(train, epochs=total_epochs, initial_epoch=initial_epoch,
+                  steps_per_epoch=steps, validation_data=val, callbacks=callbacks,
+                  verbose=2 if cfg.log_every <= 0 else "auto")
+    if not history:
+        raise DataError("the search ran no epoch: set --warmup_epochs/--search_epochs")
+
+    architecture = derive_architecture(model.supernet, config.teacher)
+    arch_path = os.path.join(run_dir, "arch.json")
+    save_architecture(architecture, arch_path)
+    last = history[-1]
+    latency = (float(latency_fn(model.teacher_learner.arch_values()))
+               if latency_fn is not None else None)
+    result = SearchResult(
+        architecture=architecture, arch_path=arch_path,
+        teacher_miou=float(last.get("val_teacher_miou", float("nan"))),
+        student_miou=(float(last["val_student_miou"]) if "val_student_miou" in last else None),
+        history=history, skipped_steps=int(model.skipped_steps.numpy()),
+        expected_latency_ms=latency, checkpoint_dir=checkpoint_dir, mode=model.mode,
+        arch_history_plot=os.path.join(run_dir, "arch_evolution.png"))
+    _print_result(result)
+    return result
+
+
+def _print_result(result: SearchResult):
+    print("\n=== found architecture ===")
+    print(json.dumps(result.architecture, indent=1, default=str)[:4000])
+    print(f"architecture JSON: {result.arch_path}")
+    student = "n/a" if result.student_miou is None else f"{result.student_miou:.4f}"
+    latency = ("n/a" if result.expected_latency_ms is None
+               else f"{result.expected_latency_ms:.3f} ms")
+    print(f"val mIoU: teacher {result.teacher_miou:.4f}  student {student}  "
+          f"expected latency {latency}  skipped steps {result.skipped_steps}  "
+          f"mode {result.mode}")
+    logging.info("search finished: %s", result.arch_path)

@@ -1,0 +1,118 @@
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from fake_cityscapes import HEIGHT, WIDTH, all_raw_ids_label, write_example
+
+from lbt_tf.data import cityscapes
+from lbt_tf.data.pipeline import make_dataset
+from lbt_tf.data.splits import Source
+from lbt_tf.errors import DataError
+from test_data_labels import OFFICIAL_ID_TO_TRAIN_ID
+
+
+def test_lists_sorted_pairs_with_official_names(cityscapes_root):
+    pairs = cityscapes.list_cityscapes_pairs(cityscapes_root, "train")
+    assert len(pairs) == 8
+    assert pairs == sorted(pairs)
+    first_image, first_label = pairs[0]
+    assert first_image.endswith(os.path.join("leftImg8bit", "train", "aachen",
+                                             "aachen_000000_000019_leftImg8bit.png"))
+    assert first_label.endswith(os.path.join("gtFine", "train", "aachen",
+                                             "aachen_000000_000019_gtFine_labelIds.png"))
+    assert len(cityscapes.list_cityscapes_images(cityscapes_root, "test")) == 2
+
+
+def test_decoded_labels_map_every_raw_id(cityscapes_config):
+    pairs = cityscapes.list_cityscapes_pairs(cityscapes_config.data_dir, "val")
+    source = Source("val", "files", tuple(pairs), True, "val")
+    images, labels = next(iter(make_dataset(cityscapes_config, source, training=False)))
+    assert images.shape == (2, HEIGHT, WIDTH, 3) and labels.dtype == tf.int32
+    for i, frame in enumerate((19, 20)):  # sorted: frame 19, then 20
+        raw = all_raw_ids_label(frame)
+        assert set(np.unique(raw)) == set(range(34))
+        expected = np.vectorize(lambda r: 255 if OFFICIAL_ID_TO_TRAIN_ID[r] == 255
+                                else OFFICIAL_ID_TO_TRAIN_ID[r])(raw)
+        np.testing.assert_array_equal(labels[i].numpy(), expected)
+
+
+def test_missing_and_empty_directory(tmp_path):
+    with pytest.raises(DataError, match="nowhere"):
+        cityscapes.list_cityscapes_pairs(str(tmp_path / "nowhere"), "train")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match="empty"):
+        cityscapes.list_cityscapes_pairs(str(empty), "train")
+    (empty / "leftImg8bit" / "train").mkdir(parents=True)
+    with pytest.raises(DataError, match="leftImg8bit"):
+        cityscapes.list_cityscapes_pairs(str(empty), "train")
+
+
+def test_image_without_label(tmp_path):
+    root = str(tmp_path)
+    write_example(root, "train", "aachen", 0, 1)
+    _, missing = write_example(root, "train", "aachen", 0, 2, label=False)
+    with pytest.raises(DataError, match="aachen_000000_000002_gtFine_labelIds.png"):
+        cityscapes.list_cityscapes_pairs(root, "train")
+
+
+def test_corrupt_image(tmp_path):
+    root = str(tmp_path)
+    image_path, _ = write_example(root, "train", "aachen", 0, 1)
+    with open(image_path, "wb") as broken:
+        broken.write(b"\x89PNG not really a png")
+    with pytest.raises(DataError, match="aachen_000000_000001_leftImg8bit.png"):
+        cityscapes.list_cityscapes_pairs(root, "train")
+
+
+def test_truncated_image_found_by_full_validation(tmp_path):
+    root = str(tmp_path)
+    image_path, _ = write_example(root, "train", "aachen", 0, 1)
+    data = open(image_path, "rb").read()
+    with open(image_path, "wb") as truncated:
+        truncated.write(data[: len(data) // 2])
+    with pytest.raises(DataError, match="leftImg8bit.png"):
+        cityscapes.list_cityscapes_pairs(root, "train", validate="full")
+
+
+def test_size_mismatch(tmp_path):
+    root = str(tmp_path)
+    write_example(root, "train", "aachen", 0, 1, image_size=(HEIGHT, WIDTH + 2))
+    with pytest.raises(DataError, match="size mismatch.*aachen_000000_000001"):
+        cityscapes.list_cityscapes_pairs(root, "train")
+
+
+def test_label_id_outside_table(tmp_path, cityscapes_config):
+    root = str(tmp_path)
+    bad = all_raw_ids_label()
+    bad[0, 0] = 40
+    _, label_path = write_example(root, "train", "aachen", 0, 1, label=bad)
+    with pytest.raises(DataError, match=r"aachen_000000_000001_gtFine_labelIds.png.*\[40\]"):
+        cityscapes.list_cityscapes_pairs(root, "train", validate="full")
+    # Listing with header checks only: decoding names the file instead of mislabeling it.
+    pairs = cityscapes.list_cityscapes_pairs(root, "train", validate="header")
+    source = Source("train", "files", tuple(pairs), True, "train")
+    with pytest.raises(tf.errors.InvalidArgumentError, match="aachen_000000_000001"):
+        next(iter(make_dataset(cityscapes_config, source, training=False)))
+
+
+def test_unlabeled_folder(tmp_path):
+    with pytest.raises(DataError, match="unlabeled_dir"):
+        cityscapes.list_image_folder(str(tmp_path / "none"))
+    (tmp_path / "x.txt").write_text("no images")
+    with pytest.raises(DataError, match="no .png/.jpg"):
+        cityscapes.list_image_folder(str(tmp_path))
+
+
+def test_tfds_missing_manual_dir_names_it(tmp_path):
+    missing = str(tmp_path / "no_zips_here")
+    with pytest.raises(DataError, match="no_zips_here"):
+        cityscapes.prepare_tfds_cityscapes(missing, str(tmp_path / "tfds"))
+
+
+def test_tfds_manual_dir_without_zips(tmp_path):
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    with pytest.raises(DataError, match="leftImg8bit_trainvaltest.zip"):
+        cityscapes.prepare_tfds_cityscapes(str(manual), str(tmp_path / "tfds"))

@@ -1,0 +1,71 @@
+"""Tiny stand-ins with the contract of the real supernet / student (used where a test must not
+depend on model code, e.g. injecting a non-finite loss). The correctness tests use the real
+models when they can be imported."""
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from lbt_tf.ops.resize import resize_bilinear
+
+
+class TinySupernet(keras.Model):
+    """Mixed op of two candidate convs weighted by softmax(alpha); output list at 1/8."""
+
+    def __init__(self, num_classes=3, channels=4, **kwargs):
+        super().__init__(**kwargs)
+        self.stem = keras.layers.Conv2D(channels, 3, strides=2, padding="same")
+        self.stem_bn = keras.layers.BatchNormalization()
+        self.down = keras.layers.AveragePooling2D(4)
+        self.op_a = keras.layers.Conv2D(channels, 3, padding="same")
+        self.op_b = keras.layers.Conv2D(channels, 1, padding="same")
+        self.head_a = keras.layers.Conv2D(num_classes, 1)
+        self.head_b = keras.layers.Conv2D(num_classes, 1)
+        self.alpha = self.add_weight(shape=(2,), initializer="random_normal", name="alpha")
+        self.beta = self.add_weight(shape=(2,), initializer="random_normal", name="beta")
+        self.sample_widths = False
+
+    @property
+    def arch_variables(self):
+        return [self.alpha, self.beta]
+
+    @property
+    def weight_variables(self):
+        ids = {id(v) for v in self.arch_variables}
+        return [v for v in self.trainable_variables if id(v) not in ids]
+
+    def call(self, x, training=False):
+        h = tf.nn.relu(self.stem_bn(self.stem(x), training=training))
+        h = self.down(h)
+        w = tf.nn.softmax(tf.convert_to_tensor(self.alpha))
+        mixed = w[0] * tf.nn.relu(self.op_a(h)) + w[1] * tf.nn.tanh(self.op_b(h))
+        b = tf.nn.softmax(tf.convert_to_tensor(self.beta))
+        return [b[0] * self.head_a(mixed) + 1.0, b[1] * self.head_b(mixed * mixed)]
+
+    def expected_latency(self, arch_values=None):
+        alpha, beta = arch_values if arch_values is not None else self.arch_variables
+        return (tf.reduce_sum(tf.nn.softmax(alpha) * tf.constant([2.0, 1.0], alpha.dtype))
+                + tf.reduce_sum(tf.nn.softmax(beta) * tf.constant([1.0, 3.0], beta.dtype)))
+
+
+class TinyStudent(keras.Model):
+    def __init__(self, num_classes=3, channels=4, **kwargs):
+        super().__init__(**kwargs)
+        self.conv = keras.layers.Conv2D(channels, 3, strides=2, padding="same")
+        self.bn = keras.layers.BatchNormalization()
+        self.head = keras.layers.Conv2D(num_classes, 1)
+
+    def call(self, x, training=False):
+        h = tf.nn.relu(self.bn(self.conv(x), training=training))
+        logits = resize_bilinear(self.head(h), x.shape[1:3])
+        return {"logits": logits, "aux_logits": None}
+
+
+def build_tiny(num_classes=3, height=32, width=64, seed=0):
+    keras.utils.set_random_seed(seed)
+    supernet = TinySupernet(num_classes)
+    student = TinyStudent(num_classes)
+    dummy = tf.zeros((1, height, width, 3), keras.config.floatx())
+    supernet(dummy)
+    student(dummy)
+    return supernet, student

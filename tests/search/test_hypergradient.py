@@ -1,0 +1,133 @@
+"""The LBT architecture gradient against central finite differences of the unrolled objective."""
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from lbt_tf.search import architect
+from tests.search import models_under_test
+
+XI_T, XI_S, LATENCY_WEIGHT = 0.1, 0.2, 0.05
+
+
+@pytest.fixture(scope="module")
+def float64():
+    previous = keras.config.floatx()
+    keras.config.set_floatx("float64")
+    yield
+    keras.config.set_floatx(previous)
+
+
+def _batches(num_classes, height=32, width=64, batch=2, seed=0):
+    rng = np.random.default_rng(seed)
+
+    def labeled():
+        images = tf.constant(rng.normal(size=(batch, height, width, 3)), tf.float64)
+        labels = rng.integers(0, num_classes, size=(batch, height, width)).astype(np.int32)
+        labels[:, :2, :] = 255  # some ignored pixels
+        return images, tf.constant(labels)
+
+    return architect.Batches(teacher_train=labeled(), teacher_val=labeled(),
+                             student_train=labeled(), student_val=labeled(),
+                             unlabeled=tf.constant(rng.normal(size=(batch, height, width, 3)),
+                                                   tf.float64))
+
+
+def _problem(student_val_weight=1.0, latency=True, which="real"):
+    supernet, student, num_classes = models_under_test.build(which)
+    teacher = architect.Learner(supernet, supernet.arch_variables)
+    problem = architect.SearchProblem(
+        teacher=teacher, student=architect.Learner(student), ignore_label=255,
+        latency_fn=supernet.expected_latency if latency else None,
+        pseudo_label_weight=0.7, student_val_weight=student_val_weight)
+    return problem, num_classes
+
+
+def _directional_fd(problem, arch, direction, batches, step=1e-5):
+    teacher_w = problem.teacher.weight_values()
+    student_w = problem.student.weight_values()
+
+    def objective(sign):
+        shifted = [a + sign * step * d for a, d in zip(arch, direction)]
+        value, _ = problem.unrolled_objective(teacher_w, shifted, student_w, XI_T, XI_S,
+                                              LATENCY_WEIGHT, batches)
+        return float(value)
+
+    return (objective(1.0) - objective(-1.0)) / (2 * step)
+
+
+def _dot(grads, direction):
+    return float(tf.add_n([tf.reduce_sum(g * d) for g, d in zip(grads, direction)]))
+
+
+@pytest.mark.parametrize("which", models_under_test.AVAILABLE)
+@pytest.mark.parametrize("hypergrad,tolerance", [("exact", 1e-3), ("finite_difference", 5e-2)])
+def test_lbt_gradient_matches_finite_difference_of_unrolled_objective(float64, which, hypergrad,
+                                                                      tolerance):
+    problem, num_classes = _problem(which=which)
+    batches = _batches(num_classes)
+    arch = problem.teacher.arch_values()
+    grads, _, _ = problem.arch_gradient(
+        "lbt", hypergrad, problem.teacher.weight_values(), arch,
+        problem.student.weight_values(), XI_T, XI_S, LATENCY_WEIGHT, batches)
+    rng = np.random.default_rng(1)
+    for trial in range(2):
+        direction = [tf.constant(rng.normal(size=a.shape), tf.float64) for a in arch]
+        expected = _directional_fd(problem, arch, direction, batches)
+        got = _dot(grads, direction)
+        assert abs(expected) > 1e-8, "degenerate direction: the objective does not depend on A"
+        assert abs(got - expected) <= tolerance * abs(expected), (trial, got, expected)
+
+
+@pytest.mark.parametrize("which", models_under_test.AVAILABLE)
+def test_student_term_contributes(float64, which):
+    """With the student's val weight on, the gradient differs from the teacher-only one."""
+    problem, num_classes = _problem(which=which)
+    batches = _batches(num_classes)
+    args = (problem.teacher.weight_values(), problem.teacher.arch_values(),
+            problem.student.weight_values(), XI_T, XI_S, LATENCY_WEIGHT, batches)
+    with_student, _, _ = problem.exact_hypergradient(*args)
+    problem.student_val_weight = 0.0
+    without, _, _ = problem.exact_hypergradient(*args)
+    diff = max(float(tf.reduce_max(tf.abs(a - b))) for a, b in zip(with_student, without))
+    assert diff > 1e-10
+
+
+@pytest.mark.parametrize("which", models_under_test.AVAILABLE)
+def test_lbt_without_student_and_latency_equals_darts_second_order(float64, which):
+    problem, num_classes = _problem(student_val_weight=0.0, latency=False, which=which)
+    batches = _batches(num_classes)
+    weights = problem.teacher.weight_values()
+    arch = problem.teacher.arch_values()
+    grads, _, _ = problem.exact_hypergradient(weights, arch, problem.student.weight_values(),
+                                              XI_T, XI_S, 0.0, batches)
+    # DARTS (Liu et al. 2019, eq. 7) written independently:
+    # grad_A L_val(w', A) - xi * d/dA [ grad_w L_train(w, A) . grad_w' L_val(w', A) ]
+    with tf.GradientTape() as tape:
+        tape.watch(weights)
+        train_loss = problem.teacher_loss(weights, arch, batches.teacher_train)
+    w_prime = [w - XI_T * g for w, g in zip(weights, tape.gradient(train_loss, weights))]
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(w_prime)
+        tape.watch(arch)
+        val_loss = problem.teacher_loss(w_prime, arch, batches.teacher_val)
+    v = tape.gradient(val_loss, w_prime)
+    direct = tape.gradient(val_loss, arch)
+    with tf.GradientTape() as outer:
+        outer.watch(arch)
+        with tf.GradientTape() as inner:
+            inner.watch(weights)
+            train_loss = problem.teacher_loss(weights, arch, batches.teacher_train)
+        g = inner.gradient(train_loss, weights)
+        inner_product = tf.add_n([tf.reduce_sum(a * b) for a, b in zip(g, v)])
+    mixed = outer.gradient(inner_product, arch)
+    for got, d, m in zip(grads, direct, mixed):
+        np.testing.assert_allclose(got.numpy(), (d - XI_T * m).numpy(), rtol=1e-8, atol=1e-12)
+
+
+def test_none_gradient_raises_naming_the_variable():
+    names = ["supernet/alpha", "supernet/beta"]
+    with pytest.raises(architect.HypergradientError, match="supernet/beta"):
+        architect.checked_gradients([tf.zeros(2), None], names, "test")

@@ -1,0 +1,93 @@
+"""run_search end to end on a tiny synthetic search: outputs, and resume after a crash."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from lbt_tf import config as config_lib
+from lbt_tf.search import callbacks as search_callbacks
+from lbt_tf.search import runner
+from tests.search import models_under_test
+from tests.search.stand_ins import TinySupernet
+
+
+def tiny_search_config(run_dir, mode="lbt", **changes):
+    base = models_under_test.tiny_config()
+    values = {"run_dir": str(run_dir), "mode": "search",
+              "data.image_height": 64, "data.image_width": 128,
+              "data.synthetic_train_size": 16, "data.synthetic_val_size": 4,
+              "data.synthetic_test_size": 8, "data.deterministic": True,
+              "search.mode": mode, "search.warmup_epochs": 1, "search.epochs": 2,
+              "search.steps_per_epoch": 2}
+    values.update(changes)
+    return config_lib.replace(base, **values)
+
+
+def _stand_in_builders():
+    def build_supernet(config):
+        d = config.data
+        model = TinySupernet(d.num_classes)
+        model(tf.zeros((1, d.crop_height, d.crop_width, 3)))
+        return model
+
+    def derive(supernet, teacher_config):
+        return {v.path: int(np.argmax(v.numpy())) for v in supernet.arch_variables}
+
+    def save(arch, path):
+        with open(path, "w") as f:
+            json.dump(arch, f)
+
+    return build_supernet, derive, save
+
+
+@pytest.fixture
+def builders(monkeypatch):
+    """The real supernet when it builds at the tiny size, else the stand-in."""
+    if not models_under_test.real_builds():
+        monkeypatch.setattr(runner, "import_builders", _stand_in_builders)
+
+
+def test_run_search_writes_every_output(tmp_path, builders):
+    config = tiny_search_config(tmp_path, "lbt")
+    result = runner.run_search(config)
+    assert os.path.exists(result.arch_path)
+    assert len(glob.glob(str(tmp_path / "arch" / "arch_epoch_*.json"))) == 3
+    assert os.path.exists(tmp_path / "arch_evolution.png")
+    assert glob.glob(str(tmp_path / "tensorboard" / "**" / "events.*"), recursive=True)
+    assert tf.train.latest_checkpoint(result.checkpoint_dir).endswith("-3")
+    assert [h["epoch"] for h in result.history] == [1, 2, 3]
+    assert 0.0 <= result.teacher_miou <= 1.0 and 0.0 <= result.student_miou <= 1.0
+    assert all("val_teacher_miou" in h and "val_student_miou" in h for h in result.history)
+    assert result.skipped_steps == 0 and result.mode == "lbt"
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_resume_after_a_crash_loses_at_most_one_epoch(tmp_path, builders, monkeypatch):
+    config = tiny_search_config(tmp_path, "lpt")
+    original = search_callbacks.CheckpointEveryEpoch.on_epoch_end
+
+    def crash_after_epoch_two(self, epoch, logs=None):
+        original(self, epoch, logs)
+        if epoch == 1:
+            raise _Crash()
+
+    monkeypatch.setattr(search_callbacks.CheckpointEveryEpoch, "on_epoch_end",
+                        crash_after_epoch_two)
+    with pytest.raises(_Crash):
+        runner.run_search(config)
+    monkeypatch.setattr(search_callbacks.CheckpointEveryEpoch, "on_epoch_end", original)
+    saved_arch = json.load(open(tmp_path / "arch" / "arch_history.json"))[-1]["arch_values"]
+    resumed = runner.run_search(config_lib.replace(config, resume=True))
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    assert tf.train.latest_checkpoint(resumed.checkpoint_dir).endswith("-3")
+    # the resumed run started from the saved architecture, not a fresh one
+    history = json.load(open(tmp_path / "arch" / "arch_history.json"))
+    assert history[1]["arch_values"] == saved_arch
