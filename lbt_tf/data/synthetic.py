@@ -332,7 +332,7 @@ class _Scene:
             found = self.box(depth, lateral, 0.12, top - 0.8, top)
             if found:
                 (rows, cols), u, v = found
-                pixels = np.full(u.shape[:0] + (v.shape[0], u.shape[1], 3), 0.08, np.float32)
+                pixels = np.full((v.shape[0], u.shape[1], 3), 0.08, np.float32)
                 lamp = rng.integers(3)
                 lit = (np.abs(v - (0.2 + 0.3 * lamp)) < 0.1) & (np.abs(u) < 0.6)
                 pixels[lit] = [(0.1, 0.9, 0.3), (0.95, 0.7, 0.1), (0.95, 0.1, 0.1)][lamp]

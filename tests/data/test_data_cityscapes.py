@@ -52,7 +52,7 @@ def test_missing_and_empty_directory(tmp_path):
 def test_image_without_label(tmp_path):
     root = str(tmp_path)
     write_example(root, "train", "aachen", 0, 1)
-    _, missing = write_example(root, "train", "aachen", 0, 2, label=False)
+    write_example(root, "train", "aachen", 0, 2, label=False)
     with pytest.raises(DataError, match="aachen_000000_000002_gtFine_labelIds.png"):
         cityscapes.list_cityscapes_pairs(root, "train")
 

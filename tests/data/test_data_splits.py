@@ -1,6 +1,4 @@
-import numpy as np
 import pytest
-from fake_cityscapes import HEIGHT, WIDTH
 
 from lbt_tf.config import Config, DataConfig, replace
 from lbt_tf.data import LBTSplits, Source, make_splits

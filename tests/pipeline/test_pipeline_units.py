@@ -91,3 +91,20 @@ def test_pusher_pushes_only_blessed_models(tmp_path, blessed):
 def test_step_config_rejects_bad_json(tmp_path):
     with pytest.raises(ConfigError, match="config_json"):
         pipeline_steps.step_config("{not json", str(tmp_path), "search")
+
+
+def test_compile_pipeline_mode_from_the_command_line(tmp_path):
+    import subprocess
+    import sys
+    yaml_path = tmp_path / "out" / "p.yaml"
+    completed = subprocess.run(
+        [sys.executable, "-m", "lbt_tf.main", "--mode=compile_pipeline",
+         "--flagfile=configs/demo.flags", f"--run_dir={tmp_path}",
+         f"--pipeline_yaml={yaml_path}"],
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+        capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert completed.stdout.strip().splitlines()[-1] == f"pipeline_yaml={yaml_path}"
+    default = yaml.safe_load(open(yaml_path))["root"]["inputDefinitions"]["parameters"][
+        "config_json"]["defaultValue"]
+    assert json.loads(default)["search"]["mode"] == "lbt"

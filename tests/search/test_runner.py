@@ -18,7 +18,7 @@ from tests.search.stand_ins import TinySupernet
 
 def tiny_search_config(run_dir, mode="lbt", **changes):
     base = models_under_test.tiny_config()
-    values = {"run_dir": str(run_dir), "mode": "search",
+    values = {"run_dir": str(run_dir), "mode": "search", "data.num_classes": 19,
               "data.image_height": 64, "data.image_width": 128,
               "data.synthetic_train_size": 16, "data.synthetic_val_size": 4,
               "data.synthetic_test_size": 8, "data.deterministic": True,
