@@ -16,3 +16,8 @@ class ArchitectureError(LbtError, ValueError):
 
 class WeightsError(LbtError, ValueError):
     """A weights file is missing, unreadable or does not fit the model; the message names it."""
+
+
+# Raised inside tf.data graphs (tf.debugging.Assert) where no Python exception can be; `main`
+# recognises this marker in a TF InvalidArgumentError and reports it like a DataError.
+LABEL_OUT_OF_TABLE_MESSAGE = "label ids outside the Cityscapes table in"

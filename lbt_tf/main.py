@@ -12,7 +12,7 @@ import sys
 from absl import app, logging
 
 from lbt_tf import flags as lbt_flags
-from lbt_tf.errors import LbtError
+from lbt_tf.errors import LABEL_OUT_OF_TABLE_MESSAGE, LbtError
 
 # mode -> "module:function"; each function takes the Config.
 MODE_HANDLERS = {
@@ -50,6 +50,25 @@ def main(argv):
         logging.flush()
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except Exception as err:  # pylint: disable=broad-except
+        message = _data_error_from_graph(err)
+        if message is None:
+            raise
+        logging.flush()
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _data_error_from_graph(err):
+    """The one-line message of a data check that failed inside a tf.data graph, else None."""
+    tf = sys.modules.get("tensorflow")
+    if tf is None or not isinstance(err, tf.errors.InvalidArgumentError):
+        return None
+    text = str(err)
+    if LABEL_OUT_OF_TABLE_MESSAGE not in text:
+        return None
+    detail = text[text.index(LABEL_OUT_OF_TABLE_MESSAGE):].splitlines()[0]
+    return detail.replace("] [", " ").strip("[] ")
 
 
 def run():

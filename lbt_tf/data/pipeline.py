@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from lbt_tf.data import cityscapes, synthetic
 from lbt_tf.data.labels import MAX_RAW_ID, raw_to_train_id
-from lbt_tf.errors import DataError
+from lbt_tf.errors import LABEL_OUT_OF_TABLE_MESSAGE, DataError
 
 AUTOTUNE = tf.data.AUTOTUNE
 _OUT_OF_TABLE = -1
@@ -128,7 +128,7 @@ def _map_raw_labels(raw, lookup, path):
     """Raw Cityscapes ids -> train ids, failing (naming the file) on ids outside the table."""
     train_ids = tf.gather(lookup, tf.cast(raw, tf.int32))
     check = tf.debugging.Assert(tf.reduce_all(train_ids != _OUT_OF_TABLE),
-                                ["label ids outside the Cityscapes table in", path])
+                                [LABEL_OUT_OF_TABLE_MESSAGE, path])
     with tf.control_dependencies([check]):
         return tf.identity(train_ids)
 

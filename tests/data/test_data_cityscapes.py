@@ -116,3 +116,28 @@ def test_tfds_manual_dir_without_zips(tmp_path):
     manual.mkdir()
     with pytest.raises(DataError, match="leftImg8bit_trainvaltest.zip"):
         cityscapes.prepare_tfds_cityscapes(str(manual), str(tmp_path / "tfds"))
+
+
+def test_main_reports_label_out_of_table_without_traceback(tmp_path):
+    """Found at decode time (header-only validation): one line naming the file, exit 2."""
+    import subprocess
+    import sys
+    root = str(tmp_path / "cityscapes")
+    bad = all_raw_ids_label()
+    bad[0, 0] = 40
+    for frame in range(8):  # every train label is bad, so whatever the grid samples hits one
+        write_example(root, "train", "aachen", 0, frame, label=bad)
+    write_example(root, "val", "frankfurt", 0, 0)
+    write_example(root, "test", "berlin", 0, 0, label=False)
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    result = subprocess.run(
+        [sys.executable, "-m", "lbt_tf.main", "--mode=sample_grid", "--data_source=cityscapes",
+         f"--data_dir={root}", "--validate_files=header", "--image_height=32",
+         "--image_width=64", "--crop_height=32", "--crop_width=64",
+         f"--run_dir={tmp_path / 'run'}"],
+        cwd=repo, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: label ids outside the Cityscapes table")
+    assert "_gtFine_labelIds.png" in last and "aachen" in last
+    assert "Traceback" not in result.stderr

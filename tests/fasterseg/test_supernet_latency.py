@@ -90,7 +90,7 @@ def test_stateless_second_order_matches_finite_differences(tiny):
             loss = tf.add_n([segmentation_ce(l, labels, 255) for l in logits])
         grads = inner.gradient(loss, weights)
         for p, w, g in zip(weight_pos, weights, grads):
-            values[p] = w - 0.1 * g
+            values[p] = w - 0.01 * g
         logits, _ = supernet.stateless_call(values, non_trainable, images, training=True)
         return tf.add_n([segmentation_ce(l, labels, 255) for l in logits])
 
