@@ -21,6 +21,7 @@ setup(
         "pillow>=10,<13",
         "matplotlib>=3.8,<4",
         "tqdm>=4.66,<5",
+        "tensorboard>=2.21,<2.22",
         "numpy>=1.26,<3",
         "scipy>=1.11,<2",
     ],

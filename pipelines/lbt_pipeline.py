@@ -92,14 +92,13 @@ def run_compile_pipeline(config) -> str:
 def run_pipeline(config) -> dict:
     """Runs the pipeline locally (one subprocess per component, in this Python environment).
 
-    With `--resume`, kfp's local cache is on: tasks whose inputs did not change are not rerun.
-    Returns {artifact name: path} of this run and prints them, with the blessing verdict.
+    Returns {artifact name: path} of this run and prints them, with the push verdict.
     """
     root = pipeline_root(config)
     os.makedirs(root, exist_ok=True)
     before = set(_run_dirs(root))
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=root,
-               raise_on_error=True, enable_caching=config.resume)
+               raise_on_error=True)
     with warnings.catch_warnings():
         # The component image is for Kubeflow; locally the subprocess runner does not use it.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")

@@ -19,7 +19,7 @@ from lbt_tf.config import ConfigError
 from lbt_tf.experiments import results as results_lib
 
 SEARCH_MODES = ("fasterseg", "lpt", "lbt")
-COLUMNS = (("method", "method", "{}"),
+COLUMNS = (("method_label", "method", "{}"),
            ("teacher_val_miou", "teacher val mIoU (search)", "{:.4f}"),
            ("retrained_miou", "retrained mIoU", "{:.4f}"),
            ("estimated_latency_ms", "est. latency (ms)", "{:.2f}"),
@@ -84,7 +84,10 @@ def compare_method(config, mode: str, method_dir: str) -> Dict:
         **{"train.arch": search["arch_path"]})
     run_train(retrain_config)
     evaluation = run_evaluate(config_lib.replace(retrain_config, mode="evaluate"))
-    row = dict(search, method=mode, retrained_miou=float(evaluation["miou"]),
+    final_mode = search.get("final_mode", mode)
+    label = mode if final_mode == mode else f"{mode} (fell back to {final_mode})"
+    row = dict(search, method=mode, method_label=label,
+               retrained_miou=float(evaluation["miou"]),
                measured_latency_ms=float(evaluation["speed"]["latency_ms"]),
                params=results_lib.count_params(retrain_config))
     results_lib.write_json(result_path, row)

@@ -115,7 +115,12 @@ def make_oracle(pipeline_config):
     if pipeline_config.tuner_algorithm == "grid":
         return ResumableGridOracle(**common)
     if pipeline_config.tuner_algorithm == "bayesian":
-        return keras_tuner.oracles.BayesianOptimizationOracle(**common)
+        try:
+            return keras_tuner.oracles.BayesianOptimizationOracle(**common)
+        except ImportError:
+            raise ConfigError("--tuner_algorithm=bayesian needs scikit-learn "
+                              "(pip install 'keras-tuner[bayesian]'); or use "
+                              "--tuner_algorithm=grid") from None
     raise ConfigError(f"--tuner_algorithm={pipeline_config.tuner_algorithm!r}: expected grid "
                       "or bayesian")
 

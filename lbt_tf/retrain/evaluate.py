@@ -26,6 +26,8 @@ def eval_source(config: Config, split: str):
         known = [n for n in ("val", "test", "train", "teacher_train", "teacher_val",
                              "student_train", "student_val") if getattr(splits, n, None)]
         raise ConfigError(f"--eval_split={split!r}: expected one of {', '.join(known)}")
+    if not getattr(source, "labeled", True):
+        raise ConfigError(f"--eval_split={split!r} has no labels to evaluate against")
     return source
 
 

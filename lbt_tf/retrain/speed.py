@@ -7,6 +7,8 @@ from typing import Tuple
 import numpy as np
 import tensorflow as tf
 
+from lbt_tf.config import ConfigError
+
 
 def measure_latency(model, input_hw: Tuple[int, int], runs: int = 10, warmup: int = 3) -> dict:
     """{"latency_ms": median ms per image, "fps": 1000 / median, "input": "HxW"}.
@@ -15,7 +17,7 @@ def measure_latency(model, input_hw: Tuple[int, int], runs: int = 10, warmup: in
     asynchronous GPU work is inside the timing.
     """
     if runs <= 0:
-        raise ValueError(f"latency runs must be positive, got {runs}")
+        raise ConfigError(f"--latency_runs must be positive, got {runs}")
     height, width = input_hw
     images = tf.random.stateless_uniform((1, height, width, 3), seed=(0, 1))
 

@@ -2,7 +2,9 @@
 
 loss = CE(logits) + aux_weight * sum CE(aux_logits)
        [+ distill_weight * KL(teacher || network) on temperature-softened logits]
-SGD with momentum, weight decay and poly learning-rate decay (config.train), driven by
+SGD with momentum, weight decay and poly learning-rate decay (config.train; Keras' SGD decays
+weights decoupled, w -= lr * wd * w, where FasterSeg's torch SGD adds wd * w to the gradient
+before momentum: the same at momentum 0, close otherwise), driven by
 `keras.Model.fit`: progress bar, TensorBoard, `BackupAndRestore` for `--resume`. The network's
 weights go to `<run_dir>/train/model.weights.h5` after every epoch, its architecture JSON beside.
 """
@@ -149,7 +151,8 @@ def _load_teacher(config: Config, input_hw):
 
 
 def run_train(config: Config):
-    """Trains the network of `--arch`; returns {"weights", "arch", "history"}."""
+    """Trains the network of `--arch`; returns {"weights", "arch", "history", "model" (the
+    RetrainModel, its optimizer's state included)}."""
     t = config.train
     arch = network_lib.load_arch(t.arch)
     if t.epochs <= 0:
@@ -184,4 +187,5 @@ def run_train(config: Config):
                         shuffle=False, verbose=1)
     net.save_weights(weights_path)
     print(f"weights={weights_path}")
-    return {"weights": weights_path, "arch": arch_copy, "history": history.history}
+    return {"weights": weights_path, "arch": arch_copy, "history": history.history,
+            "model": model}

@@ -165,3 +165,21 @@ def test_markdown_table_formats_missing_values():
     table = results_lib.markdown_table([{"a": 1.23456, "b": None}], (("a", "A", "{:.2f}"),
                                                                     ("b", "B", "{:.2f}")))
     assert table.splitlines() == ["| A | B |", "|---|---|", "| 1.23 | n/a |"]
+
+
+def test_ratio_study_bayesian(tmp_path, stages):
+    calls, _ = stages
+    config = study_config(tmp_path, **{"pipeline.tuner_algorithm": "bayesian",
+                                       "pipeline.tuner_max_trials": 3})
+    try:
+        import sklearn  # noqa: F401  keras-tuner's Bayesian oracle needs it
+    except ImportError:
+        with pytest.raises(ConfigError, match="--tuner_algorithm=bayesian needs scikit-learn"):
+            ratio_study.run_ratio_study(config)
+        return
+    rows = ratio_study.run_ratio_study(config)
+    assert len(rows) == 3 == len([c for c in calls if c[0] == "search"])
+    for row in rows:  # every trial's objective is the one its own search returned
+        expected = 0.5 - 0.1 * abs(row["pseudo_label_ratio"] - 1.0) \
+            - 0.02 * abs(row["student_val_weight"] - 0.5)
+        assert row["student_val_miou"] == pytest.approx(expected)

@@ -98,8 +98,8 @@ def test_compile_pipeline_mode_from_the_command_line(tmp_path):
     import sys
     yaml_path = tmp_path / "out" / "p.yaml"
     completed = subprocess.run(
-        [sys.executable, "-m", "lbt_tf.main", "--mode=compile_pipeline",
-         "--flagfile=configs/demo.flags", f"--run_dir={tmp_path}",
+        [sys.executable, "-m", "lbt_tf.main", "--flagfile=configs/demo.flags",
+         "--mode=compile_pipeline", f"--run_dir={tmp_path}",
          f"--pipeline_yaml={yaml_path}"],
         cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
         capture_output=True, text=True, timeout=300)

@@ -19,13 +19,12 @@ def tiny_arch() -> dict:
             "8": {"ops": ["conv", "conv_2x", "conv"], "path": [0, 0, 0], "widths": [1.0, 1.0]}}})
 
 
-@pytest.fixture
-def tiny_config(tmp_path):
+def make_tiny_config(directory):
     """32x64 synthetic scenes (19 Cityscapes classes), a 3-cell derived network of width 4."""
-    arch_path = tmp_path / "arch.json"
+    arch_path = directory / "arch.json"
     arch_path.write_text(json.dumps(tiny_arch()))
     return config_lib.replace(
-        config_lib.Config(), run_dir=str(tmp_path / "run"), seed=0,
+        config_lib.Config(), run_dir=str(directory / "run"), seed=0,
         **{"data.image_height": 32, "data.image_width": 64,
            "data.crop_height": 32, "data.crop_width": 64, "data.batch_size": 2,
            "data.eval_batch_size": 2, "data.synthetic_train_size": 8,
@@ -36,3 +35,17 @@ def tiny_config(tmp_path):
            "eval.grid_images": 2, "student.blocks_per_stage": (1, 1, 1, 1),
            "student.base_width": 4, "student.aspp_channels": 8,
            "export.calibration_images": 2, "export.tflite_eval_images": 2})
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    return make_tiny_config(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(config, run_train result) of one short training, shared by a test module: tracing the
+    training step of the derived network is the slow part, so it is done once."""
+    from lbt_tf.retrain import trainer
+    config = make_tiny_config(tmp_path_factory.mktemp("trained"))
+    return config, trainer.run_train(config)

@@ -2,6 +2,7 @@
 does not import lbt_tf and predicts the same labels as the Keras model; predict skips bad files."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -34,30 +35,40 @@ def _uint8_images(config, count=2, seed=0):
                         dtype=np.uint8)
 
 
-def test_train_evaluate_export_reload_predict(tiny_config, tmp_path, capsys):
-    config = tiny_config
-    result = trainer.run_train(config)
+def test_train_writes_weights_architecture_and_finite_losses(trained):
+    config, result = trained
     train_dir = network.train_dir(config)
-    assert os.path.isfile(os.path.join(train_dir, "model.weights.h5"))
+    assert result["weights"] == os.path.join(train_dir, "model.weights.h5")
+    assert os.path.isfile(result["weights"])
     saved_arch = json.load(open(os.path.join(train_dir, "arch.json")))
     assert saved_arch["candidates"] == json.load(open(config.train.arch))["candidates"]
-    assert np.all(np.isfinite(result["history"]["loss"]))
+    for name in ("loss", "ce", "aux_ce"):
+        assert np.all(np.isfinite(result["history"][name])) and result["history"][name][0] > 0
+    assert int(result["model"].optimizer.iterations) == config.train.steps_per_epoch
     if trainer.tensorboard_available():
         assert os.listdir(os.path.join(train_dir, "tensorboard"))
 
+
+def test_evaluate_prints_table_and_writes_pngs(trained, capsys):
+    config, _ = trained
     results = evaluate.run_evaluate(config)
     out = capsys.readouterr().out
-    assert "mIoU" in out and "latency_ms=" in out and "deeplabv3 student" in out
+    assert "mIoU" in out and "road" in out and "latency_ms=" in out and "deeplabv3" in out
     eval_dir = os.path.join(config.run_dir, "evaluate")
     for name in ("confusion_matrix.png", "predictions.png", "metrics.json"):
         assert os.path.isfile(os.path.join(eval_dir, name)), name
-    assert 0.0 <= results["miou"] <= 1.0 and 0.0 <= results["pixel_accuracy"] <= 1.0
     confusion = np.asarray(results["confusion_matrix"])
     assert confusion.shape == (19, 19)
-    # Every non-ignored val pixel is counted once: trace / total is the pixel accuracy.
+    # All non-ignored pixels of the 4 val images are counted once.
+    assert 0 < confusion.sum() <= 4 * 32 * 64
     assert results["pixel_accuracy"] == pytest.approx(np.trace(confusion) / confusion.sum())
+    assert 0.0 <= results["miou"] <= 1.0
     assert results["speed"]["latency_ms"] > 0 and results["student_speed"]["fps"] > 0
 
+
+def test_export_reloads_in_a_fresh_process_and_predict_skips_bad_files(trained, tmp_path,
+                                                                       capsys):
+    config, _ = trained
     exported = export.run_export(config)
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-1] == f"saved_model={exported['saved_model']}"
@@ -95,6 +106,28 @@ def test_train_evaluate_export_reload_predict(tiny_config, tmp_path, capsys):
     assert os.path.isfile(tmp_path / "pred" / "good_overlay.png")
 
 
+def test_resume_restores_weights_optimizer_and_epoch(trained, tmp_path):
+    config, first = trained
+    run_dir = tmp_path / "resumed"
+    shutil.copytree(config.run_dir, run_dir)
+    resumed = trainer.run_train(config_lib.replace(config, run_dir=str(run_dir), resume=True,
+                                                   **{"train.epochs": 2}))
+    # Epoch 1 came from the backup: only epoch 2 ran, and the step count (poly lr) went on.
+    assert len(resumed["history"]["loss"]) == 1
+    assert int(resumed["model"].optimizer.iterations) == 2 * config.train.steps_per_epoch
+
+
+def test_distillation_from_a_trained_network(trained, tmp_path):
+    config, first = trained
+    distilled = trainer.run_train(config_lib.replace(
+        config, run_dir=str(tmp_path / "distilled"),
+        **{"train.distill_from": first["weights"], "train.distill_weight": 1.0,
+           "train.distill_temperature": 2.0}))
+    kl = distilled["history"]["distill_kl"]
+    assert np.all(np.isfinite(kl)) and kl[-1] > 0
+    assert distilled["model"].teacher is not None and not distilled["model"].teacher.trainable
+
+
 def test_serving_signature_rejects_wrong_dtype_and_rank(tiny_config, tmp_path):
     import keras
     inputs = keras.Input((32, 64, 3))
@@ -112,26 +145,6 @@ def test_serving_signature_rejects_wrong_dtype_and_rank(tiny_config, tmp_path):
             signature(images=tf.zeros(bad_shape, tf.uint8))
     with pytest.raises((TypeError, ValueError), match="images"):
         loaded.serving_default(tf.zeros((1, 32, 64, 3), tf.float32))
-
-
-def test_resume_continues_from_the_last_epoch(tiny_config):
-    trainer.run_train(tiny_config)
-    resumed = trainer.run_train(config_lib.replace(tiny_config, resume=True,
-                                                   **{"train.epochs": 2}))
-    # Epoch 1 was restored from the backup: only epoch 2 ran now.
-    assert len(resumed["history"]["loss"]) == 1
-    fresh = trainer.run_train(config_lib.replace(tiny_config, **{"train.epochs": 2}))
-    assert len(fresh["history"]["loss"]) == 2
-
-
-def test_distillation_from_a_trained_network(tiny_config, tmp_path):
-    first = trainer.run_train(tiny_config)
-    distilled = trainer.run_train(config_lib.replace(
-        tiny_config, run_dir=str(tmp_path / "distilled"),
-        **{"train.distill_from": first["weights"], "train.distill_weight": 1.0,
-           "train.distill_temperature": 2.0}))
-    kl = distilled["history"]["distill_kl"]
-    assert np.all(np.isfinite(kl)) and kl[-1] > 0
 
 
 def test_bad_inputs_name_the_file_or_flag(tiny_config, tmp_path):

@@ -97,3 +97,16 @@ def test_format_table_lists_every_class_and_marks_absent_ones():
     assert lines[1] == "road   0.5000"
     assert lines[2] == "sky       n/a"
     assert lines[-1] == "pixel acc  0.7500"
+
+
+def test_latency_reports_the_median_of_the_timed_runs():
+    import keras
+    from lbt_tf.retrain import speed
+    inputs = keras.Input((32, 64, 3))
+    model = keras.Model(inputs, {"logits": keras.layers.Conv2D(2, 1)(inputs)})
+    result = speed.measure_latency(model, (32, 64), runs=3, warmup=1)
+    assert result["input"] == "32x64" and result["runs"] == 3
+    assert result["latency_ms"] > 0
+    assert result["fps"] == pytest.approx(1000.0 / result["latency_ms"])
+    with pytest.raises(evaluate.ConfigError, match="--latency_runs"):
+        speed.measure_latency(model, (32, 64), runs=0)

@@ -19,7 +19,7 @@ def tiny_config():
         config_lib.Config(),
         **{"data.num_classes": NUM_CLASSES, "data.crop_height": HEIGHT, "data.crop_width": WIDTH,
            "data.image_height": HEIGHT, "data.image_width": WIDTH, "data.batch_size": 2,
-           "teacher.layers": 3, "teacher.base_width": 2,
+           "teacher.layers": 4, "teacher.base_width": 2,
            "student.blocks_per_stage": (1, 1, 1, 1), "student.base_width": 4,
            "student.aspp_channels": 4, "student.aux_head": False})
 

