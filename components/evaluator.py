@@ -5,10 +5,12 @@ from kfp import dsl
 
 
 def evaluator(config_json: str, model: dsl.Input[dsl.Model],
-              evaluation: dsl.Output[dsl.Metrics], blessing: dsl.Output[dsl.Artifact]):
-    """Writes the evaluation metrics and a blessing JSON {"blessed": bool, "reasons": [...]}."""
+              evaluation: dsl.Output[dsl.Artifact], evaluation_metrics: dsl.Output[dsl.Metrics],
+              blessing: dsl.Output[dsl.Artifact]):
+    """Writes the evaluation directory (metrics.json, per-class IoU, confusion matrix), its
+    scalar metrics and a blessing JSON {"blessed": bool, "reasons": [...]}."""
     from lbt_tf import pipeline_steps
     metrics, verdict = pipeline_steps.evaluator_step(config_json, model.path, evaluation.path,
                                                      blessing.path)
-    pipeline_steps.record_metrics(evaluation, metrics)
+    pipeline_steps.record_metrics(evaluation_metrics, metrics)
     blessing.metadata["blessed"] = verdict["blessed"]

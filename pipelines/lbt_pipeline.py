@@ -29,6 +29,7 @@ ARTIFACTS = {
     "search_metrics": ("search", "search_metrics"),
     "model": ("trainer", "model"),
     "evaluation": ("evaluator", "evaluation"),
+    "evaluation_metrics": ("evaluator", "evaluation_metrics"),
     "blessing": ("evaluator", "blessing"),
     "pushed_model": ("pusher", "pushed_model"),
 }

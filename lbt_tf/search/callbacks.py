@@ -91,7 +91,7 @@ class ArchitectureLog(keras.callbacks.Callback):
         self.save_fn(arch, path)
         self.save_fn(arch, os.path.join(self.run_dir, "arch.json"))
         self.latest_path = os.path.join(self.run_dir, "arch.json")
-        values = {v.path: np.asarray(v.numpy()).tolist()
+        values = {v.name: np.asarray(v.numpy()).tolist()  # name: stable across builds
                   for v in model.teacher_learner.arch_variables}
         self.history.append({"epoch": epoch + 1, "arch_values": values})
         with open(os.path.join(self.run_dir, "arch", "arch_history.json"), "w") as f:

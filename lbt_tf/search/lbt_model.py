@@ -129,6 +129,7 @@ class LBTSearch(keras.Model):
         self.teacher_miou = _miou_metric(num_classes, ignore_label, "teacher_miou")
         self.student_miou = (_miou_metric(num_classes, ignore_label, "student_miou")
                              if student is not None else None)
+        self.built = True  # the learners are built; `fit` must not call `call` on the dict input
 
     # ---- phase / mode switches (rebuild the step once) ------------------------------------------
     def set_phase(self, phase: str):

@@ -17,7 +17,7 @@ TINY = {"data.image_height": 32, "data.image_width": 64, "data.crop_height": 32,
         "teacher.layers": 4, "teacher.base_width": 2,
         "student.blocks_per_stage": (1, 1, 1, 1), "student.base_width": 4,
         "student.aspp_channels": 4, "student.aux_head": False,
-        "search.warmup_epochs": 1, "search.epochs": 1, "search.steps_per_epoch": 2,
+        "search.warmup_epochs": 0, "search.epochs": 1, "search.steps_per_epoch": 2,
         "train.epochs": 1, "train.steps_per_epoch": 2,
         "eval.latency_runs": 2, "eval.latency_warmup": 1, "eval.grid_images": 0,
         "eval.compare_student": False, "export.tflite": False}
@@ -52,7 +52,8 @@ def test_pipeline_runs_end_to_end_and_refuses_unblessed_model(tmp_path, capsys):
     assert os.path.isfile(os.path.join(model, "train", "model.weights.h5"))
     saved_model = os.path.join(model, pipeline_steps.SAVED_MODEL_DIR)
     assert os.path.isfile(os.path.join(saved_model, "saved_model.pb"))
-    evaluation = json.load(open(artifacts["evaluation"]))
+    assert os.path.isfile(os.path.join(artifacts["evaluation"], "evaluate", "metrics.json"))
+    evaluation = json.load(open(artifacts["evaluation_metrics"]))
     assert 0.0 <= evaluation["miou"] <= 1.0 and evaluation["latency_ms"] > 0
 
     blessing = json.load(open(artifacts["blessing"]))

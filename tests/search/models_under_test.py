@@ -11,7 +11,7 @@ try:
 except ImportError:
     pass
 
-HEIGHT, WIDTH, NUM_CLASSES = 32, 64, 3
+HEIGHT, WIDTH, NUM_CLASSES = 64, 128, 3
 
 
 def tiny_config():
