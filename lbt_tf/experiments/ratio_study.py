@@ -170,25 +170,11 @@ def study_rows(tuner) -> List[Dict]:
 
 def plot_objective_vs_ratio(path: str, rows: List[Dict]) -> str:
     """Objective against the ratio, one line per (λ, γ) pair."""
-    import matplotlib
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 4))
     groups: Dict[tuple, list] = {}
     for row in rows:
         key = (row["pseudo_label_weight"], row["student_val_weight"])
         groups.setdefault(key, []).append((row["pseudo_label_ratio"], row[OBJECTIVE]))
-    for (weight, val_weight), points in sorted(groups.items()):
-        points.sort()
-        ax.plot(*zip(*points), marker="o", label=f"λ={weight:g}, γ={val_weight:g}")
-    ax.set_xlabel("pseudo-label ratio |D_u used| : |D_s^tr|")
-    ax.set_ylabel("student val mIoU")
-    ax.set_title("ratio study")
-    ax.grid(alpha=0.3)
-    if groups:
-        ax.legend()
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    series = {f"λ={weight:g}, γ={val_weight:g}": sorted(points)
+              for (weight, val_weight), points in sorted(groups.items())}
+    return results_lib.plot_points(path, series, "pseudo-label ratio |D_u used| : |D_s^tr|",
+                               "student val mIoU", "ratio study")

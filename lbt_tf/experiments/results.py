@@ -65,12 +65,19 @@ def count_params(retrain_config) -> int:
 def plot_lines(path: str, series: Dict[str, Sequence[Optional[float]]], xlabel: str,
                ylabel: str, title: str) -> str:
     """One line per series against 1..n (missing values skipped)."""
+    points = {name: [(i + 1, v) for i, v in enumerate(values or []) if v is not None]
+              for name, values in series.items()}
+    return plot_points(path, points, xlabel, ylabel, title)
+
+
+def plot_points(path: str, series: Dict[str, Sequence[tuple]], xlabel: str, ylabel: str,
+                title: str) -> str:
+    """One line per series of (x, y) points, written as a PNG."""
     import matplotlib
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name, values in series.items():
-        points = [(i + 1, v) for i, v in enumerate(values or []) if v is not None]
+    for name, points in series.items():
         if points:
             ax.plot(*zip(*points), marker="o", label=name)
     ax.set_xlabel(xlabel)
