@@ -111,6 +111,7 @@ class SearchConfig:
     latency_target_max_ms: float = 0.0   # 0: no target band, the weight stays fixed
     pseudo_label_weight: float = 1.0
     student_val_weight: float = 1.0
+    student_aux_weight: float = 0.4       # student's auxiliary-head CE in its training losses
     pseudo_labels: str = "soft"           # soft | hard (for the real student step)
     finite_difference_scale: float = 0.01
     max_skipped_steps: int = 5            # in a row, then lbt falls back to lpt

@@ -101,6 +101,8 @@ _FLAG_TABLE = {
     "student_val_weight": ("search", "student_val_weight",
                            "Weight of the student's val loss in the arch objective."),
     "pseudo_labels": ("search", "pseudo_labels", "soft | hard pseudo-labels in the real step."),
+    "search_student_aux_weight": ("search", "student_aux_weight",
+                                  "Weight of the student's auxiliary-head loss in the search."),
     "finite_difference_scale": ("search", "finite_difference_scale",
                                 "DARTS epsilon numerator: eps = scale / ||v||."),
     "max_skipped_steps": ("search", "max_skipped_steps",

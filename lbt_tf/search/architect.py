@@ -122,8 +122,14 @@ def student_logits(outputs):
     return outputs["logits"] if isinstance(outputs, dict) else outputs
 
 
-def student_seg_loss(outputs, labels, ignore_label):
-    return losses.segmentation_ce(student_logits(outputs), labels, ignore_label)
+def student_seg_loss(outputs, labels, ignore_label, aux_weight=0.0):
+    """CE of the student's logits, plus aux_weight x the auxiliary head's CE when it has one
+    (its weights would otherwise get a None gradient)."""
+    loss = losses.segmentation_ce(student_logits(outputs), labels, ignore_label)
+    aux = outputs.get("aux_logits") if isinstance(outputs, dict) else None
+    if aux is not None and aux_weight:
+        loss = loss + aux_weight * losses.segmentation_ce(aux, labels, ignore_label)
+    return loss
 
 
 def _axpy(alpha, xs, ys):
@@ -160,6 +166,7 @@ class SearchProblem:
     pseudo_label_weight: float = 1.0
     student_val_weight: float = 1.0
     finite_difference_scale: float = 0.01
+    student_aux_weight: float = 0.0         # aux-head CE in the student's loss L(S; D)
 
     # ---- losses as pure functions of values -------------------------------------------------
     def teacher_loss(self, weights, arch, batch):
@@ -172,9 +179,11 @@ class SearchProblem:
         return teacher_probabilities(outputs, images.shape[1:3])
 
     def student_loss(self, weights, batch):
+        """L(S; D): CE of the logits + student_aux_weight x CE of the aux head (if any), the same
+        on train and val data (so every student weight is on the path of every term)."""
         images, labels = batch
         outputs, _ = self.student.forward(weights, [], images)
-        return student_seg_loss(outputs, labels, self.ignore_label)
+        return student_seg_loss(outputs, labels, self.ignore_label, self.student_aux_weight)
 
     def student_pseudo_loss(self, weights, images, probs):
         outputs, _ = self.student.forward(weights, [], images)

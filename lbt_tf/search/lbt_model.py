@@ -99,7 +99,8 @@ class LBTSearch(keras.Model):
             ignore_label=ignore_label, latency_fn=latency_fn,
             pseudo_label_weight=cfg.pseudo_label_weight,
             student_val_weight=cfg.student_val_weight,
-            finite_difference_scale=cfg.finite_difference_scale)
+            finite_difference_scale=cfg.finite_difference_scale,
+            student_aux_weight=cfg.student_aux_weight)
         self.teacher_optimizer = keras.optimizers.SGD(
             cfg.teacher_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay or None,
             name="teacher_sgd")
@@ -211,7 +212,8 @@ class LBTSearch(keras.Model):
             with tf.GradientTape() as tape:
                 tape.watch(s_weights)
                 s_out, s_stats = student.forward(s_weights, [], s_images)
-                s_loss = architect.student_seg_loss(s_out, s_labels, self.ignore_label)
+                s_loss = architect.student_seg_loss(s_out, s_labels, self.ignore_label,
+                                                    cfg.student_aux_weight)
                 pl_out, _ = student.forward(s_weights, [], unlabeled)
                 pl_logits = architect.student_logits(pl_out)
                 if cfg.pseudo_labels == "soft":
