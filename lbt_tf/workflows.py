@@ -13,13 +13,15 @@ from lbt_tf import config as config_lib
 
 
 def demo(config):
+    from lbt_tf.data.splits import run_print_splits
     from lbt_tf.data.visualize import run_sample_grid
     from lbt_tf.retrain.evaluate import run_evaluate
     from lbt_tf.retrain.export import run_export
     from lbt_tf.retrain.trainer import run_train
     from lbt_tf.search.runner import run_search
 
-    _stage("1/5 data: sample grid of the LBT splits")
+    _stage("1/5 data: the LBT splits and a sample grid")
+    run_print_splits(config)
     run_sample_grid(config)
     _stage(f"2/5 search: mode={config.search.mode} hypergrad={config.search.hypergrad}")
     search_result = run_search(config_lib.replace(config, mode="search"))

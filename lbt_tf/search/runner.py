@@ -237,13 +237,18 @@ def _run_search(config) -> SearchResult:
         history=history, skipped_steps=int(model.skipped_steps.numpy()),
         expected_latency_ms=latency, checkpoint_dir=checkpoint_dir, mode=model.mode,
         arch_history_plot=os.path.join(run_dir, "arch_evolution.png"))
-    _print_result(result)
+    _print_result(result, config)
     return result
 
 
-def _print_result(result: SearchResult):
+def _print_result(result: SearchResult, config):
+    from lbt_tf.models.fasterseg import describe, latency as latency_lib
     print("\n=== found architecture ===")
-    print(json.dumps(result.architecture, indent=1, default=str)[:4000])
+    table_path = latency_lib.default_table_path(config)
+    table = (latency_lib.LatencyTable.load(table_path, measure_missing=True, runs=3, warmup=1)
+             if os.path.exists(table_path) else None)
+    for line in describe.describe_lines(result.architecture, config, table):
+        print(line)
     print(f"architecture JSON: {result.arch_path}")
     student = "n/a" if result.student_miou is None else f"{result.student_miou:.4f}"
     latency = ("n/a" if result.expected_latency_ms is None
