@@ -114,6 +114,7 @@ class SearchConfig:
     student_aux_weight: float = 0.4       # student's auxiliary-head CE in its training losses
     pseudo_labels: str = "soft"           # soft | hard (for the real student step)
     finite_difference_scale: float = 0.01
+    reuse_step_gradients: bool = True     # lbt: weight steps reuse the arch step's gradients
     max_skipped_steps: int = 5            # in a row, then lbt falls back to lpt
     log_every: int = 10
     distribute: bool = False              # MirroredStrategy over the available devices

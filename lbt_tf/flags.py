@@ -105,6 +105,9 @@ _FLAG_TABLE = {
                                   "Weight of the student's auxiliary-head loss in the search."),
     "finite_difference_scale": ("search", "finite_difference_scale",
                                 "DARTS epsilon numerator: eps = scale / ||v||."),
+    "reuse_step_gradients": ("search", "reuse_step_gradients",
+                             "lbt: the real weight steps reuse the unrolled step's gradients "
+                             "at (T, A_t) and P(T', A_t) instead of recomputing at A_t+1."),
     "max_skipped_steps": ("search", "max_skipped_steps",
                           "Non-finite steps in a row before lbt falls back to lpt."),
     "log_every": ("search", "log_every", "Steps between log lines."),

@@ -34,6 +34,11 @@ Modes (`gradient_for_mode`):
   A zero ||u|| or ||v|| means that second-order term is exactly zero: it is skipped (no 0/0).
 A gradient that comes back None (a broken path) raises `HypergradientError` naming the variable;
 it is never replaced by zeros.
+
+Reuse (`StepGradients`, lbt modes): the unrolled step already computes, at the step's starting
+point (T, A, S) and on the real steps' batches, grad_T L_seg(T, A; D_t^tr) with its BatchNorm
+statistics, grad_S L(S; D_s^tr) with its statistics, and grad_S L_soft(S; P(T', A; D_u)); the
+real weight steps can take them instead of recomputing them (see lbt_model).
 """
 from __future__ import annotations
 
@@ -157,6 +162,26 @@ class Batches:
 
 
 @dataclasses.dataclass
+class StepGradients:
+    """First-order pieces of the unrolled step, at (T, A, S), for the real weight steps."""
+    teacher_loss: Optional[tf.Tensor] = None         # L_seg(T, A; D_t^tr)
+    teacher_grads: Optional[List[tf.Tensor]] = None  # its gradient w.r.t. T
+    teacher_stats: Optional[List[tf.Tensor]] = None  # the teacher's BatchNorm statistics
+    student_loss: Optional[tf.Tensor] = None        # L(S; D_s^tr)
+    student_grads: Optional[List] = None            # its gradient w.r.t. S
+    student_stats: Optional[List[tf.Tensor]] = None  # the student's statistics of that pass
+    pseudo_probs: Optional[tf.Tensor] = None        # P(T', A; D_u)
+    pseudo_loss: Optional[tf.Tensor] = None         # L_soft(S; P(T', A; D_u))
+    pseudo_grads: Optional[List] = None             # its gradient w.r.t. S (None: no path)
+
+
+def add_scaled(grads, scale, others):
+    """grads + scale * others, where an entry of `others` may be None (no path to that weight:
+    the student's aux head has none to the pseudo-label loss)."""
+    return [g if o is None else g + scale * o for g, o in zip(grads, others)]
+
+
+@dataclasses.dataclass
 class SearchProblem:
     """The learners and the weights of the LBT objective (1)-(3)."""
     teacher: Learner
@@ -194,43 +219,82 @@ class SearchProblem:
             return tf.zeros((), arch[0].dtype)
         return tf.cast(latency_weight, arch[0].dtype) * self.latency_fn(arch)
 
+    # ---- first-order pieces (also reused by the real weight steps) ---------------------------
+    def teacher_train_gradient(self, weights, arch, batch, what="teacher step"):
+        """(L_seg(T, A; batch), grad_T, new BatchNorm statistics): one forward, one backward."""
+        images, labels = batch
+        with tf.GradientTape() as tape:
+            tape.watch(weights)
+            outputs, stats = self.teacher.forward(weights, arch, images)
+            loss = teacher_seg_loss(outputs, labels, self.ignore_label)
+        grads = checked_gradients(tape.gradient(loss, weights), self.teacher.weight_names, what)
+        return loss, grads, stats
+
+    def student_train_gradient(self, weights, batch):
+        """(L(S; batch), grad_S, new BatchNorm statistics); grads may hold None (checked once
+        summed with the pseudo-label term, as a single tape over the sum would)."""
+        images, labels = batch
+        with tf.GradientTape() as tape:
+            tape.watch(weights)
+            outputs, stats = self.student.forward(weights, [], images)
+            loss = student_seg_loss(outputs, labels, self.ignore_label, self.student_aux_weight)
+        return loss, tape.gradient(loss, weights), stats
+
+    def pseudo_label_gradient(self, weights, images, probs):
+        """(L_soft(S; probs), grad_S), None where a weight has no path (the aux head)."""
+        with tf.GradientTape() as tape:
+            tape.watch(weights)
+            loss = self.student_pseudo_loss(weights, images, probs)
+        return loss, tape.gradient(loss, weights)
+
     # ---- (1), (2), (3) -------------------------------------------------------------------------
     def virtual_teacher_step(self, weights, arch, xi_t, batch):
         """(1): T' (differentiable w.r.t. A when an outer tape watches A)."""
-        with tf.GradientTape() as tape:
-            tape.watch(weights)
-            loss = self.teacher_loss(weights, arch, batch)
-        grads = checked_gradients(tape.gradient(loss, weights), self.teacher.weight_names,
-                                  "virtual teacher step")
+        loss, grads, _ = self.teacher_train_gradient(weights, arch, batch, "virtual teacher step")
         return _axpy(-tf.cast(xi_t, loss.dtype), grads, weights), loss
 
-    def virtual_student_step(self, student_weights, probs, xi_s, batch, unlabeled):
-        """(2): S' given the teacher's soft pseudo-labels `probs` on D_u."""
-        with tf.GradientTape() as tape:
-            tape.watch(student_weights)
-            loss = (self.student_loss(student_weights, batch)
-                    + self.pseudo_label_weight * self.student_pseudo_loss(
-                        student_weights, unlabeled, probs))
-        grads = checked_gradients(tape.gradient(loss, student_weights),
+    def virtual_student_step(self, student_weights, probs, xi_s, batch, unlabeled,
+                             train_gradient=None):
+        """(2): S' given the teacher's soft pseudo-labels `probs` on D_u. `train_gradient`: the
+        (loss, grads, stats) of L(S; D_s^tr) when already computed (it does not depend on A).
+        Returns (S', loss, pseudo-label (loss, grads))."""
+        if train_gradient is None:
+            train_gradient = self.student_train_gradient(student_weights, batch)
+        train_loss, train_grads, _ = train_gradient
+        pl_loss, pl_grads = self.pseudo_label_gradient(student_weights, unlabeled, probs)
+        grads = checked_gradients(add_scaled(train_grads, self.pseudo_label_weight, pl_grads),
                                   self.student.weight_names, "virtual student step")
-        return _axpy(-tf.cast(xi_s, loss.dtype), grads, student_weights), loss
+        loss = train_loss + self.pseudo_label_weight * pl_loss
+        return _axpy(-tf.cast(xi_s, loss.dtype), grads, student_weights), loss, (pl_loss, pl_grads)
 
-    def unrolled_objective(self, teacher_weights, arch, student_weights, xi_t, xi_s,
-                           latency_weight, batches: Batches):
-        """F(A) of (3) with the virtual steps (1) and (2) redone; returns (F, parts)."""
-        new_teacher, _ = self.virtual_teacher_step(teacher_weights, arch, xi_t,
-                                                   batches.teacher_train)
+    def _unrolled(self, teacher_weights, arch, student_weights, xi_t, xi_s, latency_weight,
+                  batches: Batches):
+        """(F, parts, StepGradients) of (1)-(3), every pass done once."""
+        t_loss, t_grads, t_stats = self.teacher_train_gradient(
+            teacher_weights, arch, batches.teacher_train, "virtual teacher step")
+        new_teacher = _axpy(-tf.cast(xi_t, t_loss.dtype), t_grads, teacher_weights)
+        reuse = StepGradients(t_loss, t_grads, t_stats)
         teacher_val = self.teacher_loss(new_teacher, arch, batches.teacher_val)
         latency = self.latency_term(arch, latency_weight)
         total = teacher_val + latency
         parts = {"arch_teacher_val_loss": teacher_val, "arch_latency_loss": latency}
         if self.student is not None:
             probs = self.teacher_probs(new_teacher, arch, batches.unlabeled)
-            new_student, _ = self.virtual_student_step(student_weights, probs, xi_s,
-                                                       batches.student_train, batches.unlabeled)
+            s_train = self.student_train_gradient(student_weights, batches.student_train)
+            new_student, _, (pl_loss, pl_grads) = self.virtual_student_step(
+                student_weights, probs, xi_s, batches.student_train, batches.unlabeled, s_train)
             student_val = self.student_loss(new_student, batches.student_val)
             total = total + self.student_val_weight * student_val
             parts["arch_student_val_loss"] = student_val
+            reuse.student_loss, reuse.student_grads, reuse.student_stats = s_train
+            reuse.pseudo_probs, reuse.pseudo_loss, reuse.pseudo_grads = probs, pl_loss, pl_grads
+        return total, parts, reuse
+
+    def unrolled_objective(self, teacher_weights, arch, student_weights, xi_t, xi_s,
+                           latency_weight, batches: Batches):
+        """F(A) of (3) with the virtual steps (1) and (2) redone; returns (F, parts)."""
+        total, parts, _ = self._unrolled(teacher_weights, arch, student_weights, xi_t, xi_s,
+                                         latency_weight, batches)
         return total, parts
 
     # ---- gradients of A ------------------------------------------------------------------------
@@ -252,42 +316,54 @@ class SearchProblem:
         return grads, total, parts
 
     def exact_hypergradient(self, teacher_weights, arch, student_weights, xi_t, xi_s,
-                            latency_weight, batches: Batches):
-        """lbt/exact: grad_A F through both virtual steps (nested tapes)."""
+                            latency_weight, batches: Batches, return_step_gradients=False):
+        """lbt/exact: grad_A F through both virtual steps (nested tapes); with
+        `return_step_gradients`, also the `StepGradients` of the pass."""
         with tf.GradientTape() as outer:
             outer.watch(arch)
-            total, parts = self.unrolled_objective(teacher_weights, arch, student_weights,
-                                                   xi_t, xi_s, latency_weight, batches)
+            total, parts, reuse = self._unrolled(teacher_weights, arch, student_weights,
+                                                 xi_t, xi_s, latency_weight, batches)
         grads = checked_gradients(outer.gradient(total, arch), self.teacher.arch_names,
                                   "exact LBT hypergradient")
-        return grads, total, parts
+        return (grads, total, parts, reuse) if return_step_gradients else (grads, total, parts)
 
     def finite_difference_hypergradient(self, teacher_weights, arch, student_weights, xi_t,
-                                        xi_s, latency_weight, batches: Batches):
-        """lbt/finite_difference: the formulas of the module docstring."""
-        new_teacher, _ = self.virtual_teacher_step(teacher_weights, arch, xi_t,
-                                                   batches.teacher_train)
-        with tf.GradientTape(persistent=True) as tape:
-            tape.watch(new_teacher)
-            tape.watch(arch)
+                                        xi_s, latency_weight, batches: Batches,
+                                        return_step_gradients=False):
+        """lbt/finite_difference: the formulas of the module docstring. Passes: the virtual
+        steps, one backward of L_t^val and one of P (to (T', A) each), two forwards of the
+        student at S +- eps u, and the two teacher passes at T +- eps v."""
+        t_loss, t_grads, t_stats = self.teacher_train_gradient(
+            teacher_weights, arch, batches.teacher_train, "virtual teacher step")
+        dtype = t_loss.dtype
+        new_teacher = _axpy(-tf.cast(xi_t, dtype), t_grads, teacher_weights)
+        reuse = StepGradients(t_loss, t_grads, t_stats)
+        num_t = len(new_teacher)
+        teacher_and_arch = new_teacher + list(arch)
+        names = self.teacher.weight_names + self.teacher.arch_names
+        with tf.GradientTape() as val_tape:
+            val_tape.watch(teacher_and_arch)
             teacher_val = self.teacher_loss(new_teacher, arch, batches.teacher_val)
             latency = self.latency_term(arch, latency_weight)
             direct = teacher_val + latency
-            probs = (self.teacher_probs(new_teacher, arch, batches.unlabeled)
-                     if self.student is not None else None)
-        v_teacher = checked_gradients(tape.gradient(teacher_val, new_teacher),
-                                      self.teacher.weight_names, "FD: grad_T' L_t^val")
-        grads_a = checked_gradients(tape.gradient(direct, arch), self.teacher.arch_names,
-                                    "FD: grad_A L_t^val")
-        dtype = teacher_val.dtype
+        # One backward gives v's first term (w.r.t. T') and grad_A of the direct terms.
+        val_grads = checked_gradients(val_tape.gradient(direct, teacher_and_arch), names,
+                                      "FD: grad_(T', A) L_t^val")
+        v_teacher, grads_a = val_grads[:num_t], val_grads[num_t:]
         scale = tf.cast(self.finite_difference_scale, dtype)
         total = direct
         parts = {"arch_teacher_val_loss": teacher_val, "arch_latency_loss": latency}
 
         if self.student is not None:
-            new_student, _ = self.virtual_student_step(
+            with tf.GradientTape() as probs_tape:
+                probs_tape.watch(teacher_and_arch)
+                probs = self.teacher_probs(new_teacher, arch, batches.unlabeled)
+            s_train = self.student_train_gradient(student_weights, batches.student_train)
+            new_student, _, (pl_loss, pl_grads) = self.virtual_student_step(
                 student_weights, tf.stop_gradient(probs), xi_s, batches.student_train,
-                batches.unlabeled)
+                batches.unlabeled, s_train)
+            reuse.student_loss, reuse.student_grads, reuse.student_stats = s_train
+            reuse.pseudo_probs, reuse.pseudo_loss, reuse.pseudo_grads = probs, pl_loss, pl_grads
             with tf.GradientTape() as student_tape:
                 student_tape.watch(new_student)
                 student_val = self.student_loss(new_student, batches.student_val)
@@ -298,25 +374,23 @@ class SearchProblem:
             parts["arch_student_val_loss"] = student_val
             u_norm = global_norm(u)
             eps_s = scale / tf.maximum(u_norm, tf.constant(1e-30, dtype))
-            # d/dP of [L_soft(S + eps u; P) - L_soft(S - eps u; P)] / (2 eps) ...
-            with tf.GradientTape() as probs_tape:
-                probs_tape.watch(probs)
+            # d/dP of [L_soft(S + eps u; P) - L_soft(S - eps u; P)] / (2 eps): two student
+            # forwards; the tape records only the loss ops after the logits.
+            with tf.GradientTape() as soft_tape:
+                soft_tape.watch(probs)
                 soft_diff = (self.student_pseudo_loss(_axpy(eps_s, u, student_weights),
                                                       batches.unlabeled, probs)
                              - self.student_pseudo_loss(_axpy(-eps_s, u, student_weights),
                                                         batches.unlabeled, probs)) / (2 * eps_s)
-            probs_cotangent = probs_tape.gradient(soft_diff, probs)
+            probs_cotangent = soft_tape.gradient(soft_diff, probs)
             # ... pulled back through the teacher's probabilities: g_soft(T'), g_soft(A).
-            g_soft = tape.gradient(probs, new_teacher + list(arch),
-                                   output_gradients=probs_cotangent)
-            g_soft = checked_gradients(g_soft, self.teacher.weight_names + self.teacher.arch_names,
-                                       "FD: d P / d(T', A)")
+            g_soft = checked_gradients(
+                probs_tape.gradient(probs, teacher_and_arch, output_gradients=probs_cotangent),
+                names, "FD: d P / d(T', A)")
             coeff = tf.where(u_norm > 0, -tf.cast(xi_s, dtype) * self.pseudo_label_weight,
                              tf.zeros((), dtype))
-            g_soft_t, g_soft_a = g_soft[:len(new_teacher)], g_soft[len(new_teacher):]
-            v_teacher = _axpy(coeff, g_soft_t, v_teacher)
-            grads_a = _axpy(coeff, g_soft_a, grads_a)
-        del tape
+            v_teacher = _axpy(coeff, g_soft[:num_t], v_teacher)
+            grads_a = _axpy(coeff, g_soft[num_t:], grads_a)
 
         v_norm = global_norm(v_teacher)
         eps_t = scale / tf.maximum(v_norm, tf.constant(1e-30, dtype))
@@ -332,21 +406,25 @@ class SearchProblem:
         minus = arch_grad_at(_axpy(-eps_t, v_teacher, teacher_weights))
         coeff_t = tf.where(v_norm > 0, -tf.cast(xi_t, dtype) / (2 * eps_t), tf.zeros((), dtype))
         grads_a = [g + coeff_t * (p - m) for g, p, m in zip(grads_a, plus, minus)]
-        return grads_a, total, parts
+        return ((grads_a, total, parts, reuse) if return_step_gradients
+                else (grads_a, total, parts))
 
     def arch_gradient(self, mode, hypergrad, teacher_weights, arch, student_weights, xi_t, xi_s,
-                      latency_weight, batches: Batches):
-        """Dispatch on the (static, Python) search mode; returns (grads_A, F, parts)."""
+                      latency_weight, batches: Batches, return_step_gradients=False):
+        """Dispatch on the (static, Python) search mode; returns (grads_A, F, parts), and with
+        `return_step_gradients` a fourth item: the `StepGradients` (None in fasterseg/lpt,
+        whose first-order gradient computes none of them)."""
         if mode in ("fasterseg", "lpt"):
-            return self.first_order_gradient(teacher_weights, arch,
-                                             student_weights if mode == "lpt" else None,
-                                             latency_weight, batches)
+            result = self.first_order_gradient(teacher_weights, arch,
+                                               student_weights if mode == "lpt" else None,
+                                               latency_weight, batches)
+            return result + (None,) if return_step_gradients else result
         if mode != "lbt":
             raise ValueError(f"unknown search mode {mode!r}; expected one of {MODES}")
+        args = (teacher_weights, arch, student_weights, xi_t, xi_s, latency_weight, batches)
         if hypergrad == "exact":
-            return self.exact_hypergradient(teacher_weights, arch, student_weights, xi_t, xi_s,
-                                            latency_weight, batches)
+            return self.exact_hypergradient(*args, return_step_gradients=return_step_gradients)
         if hypergrad == "finite_difference":
-            return self.finite_difference_hypergradient(teacher_weights, arch, student_weights,
-                                                        xi_t, xi_s, latency_weight, batches)
+            return self.finite_difference_hypergradient(
+                *args, return_step_gradients=return_step_gradients)
         raise ValueError(f"unknown hypergrad {hypergrad!r}; expected one of {HYPERGRADS}")

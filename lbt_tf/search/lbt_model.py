@@ -7,6 +7,11 @@
   2. the real weight steps: T with SGD on D_t^tr; S with SGD on D_s^tr plus pseudo-labels of
      D_u (soft: teacher probabilities with `soft_ce`; hard: their argmax), again applied (with
      the new BatchNorm statistics) only if losses and gradients are finite.
+In lbt mode the weight steps reuse what the unrolled step computed on the same batches
+(`architect.StepGradients`): always grad_S L(S; D_s^tr) and its BatchNorm statistics (S and the
+batch are the same, so this changes nothing); with `search.reuse_step_gradients` also the
+teacher's gradient and statistics on D_t^tr at (T, A) and the soft pseudo-label gradient with
+P(T', A; D_u), i.e. T and S then step from the same point (A_t) as A does, instead of after it.
 A skipped update is counted (`skipped_steps`, `consecutive_skips`); nothing non-finite is ever
 written to a variable. The phase (warm-up / search) and the mode are Python attributes: changing
 them (`set_phase`, `set_mode`, e.g. the lbt -> lpt fallback of `callbacks.NonFiniteFallback`)
@@ -166,15 +171,17 @@ class LBTSearch(keras.Model):
         return tf.convert_to_tensor(optimizer.learning_rate)
 
     def _arch_update(self, batches, skipped):
+        """The arch step; returns (skipped, the `StepGradients` to reuse or None)."""
         teacher, student = self.teacher_learner, self.student_learner
         cfg = self.search_config
         arch = teacher.arch_values()
-        grads, objective, parts = self.problem.arch_gradient(
+        grads, objective, parts, reuse = self.problem.arch_gradient(
             self.mode, self.hypergrad, teacher.weight_values(), arch,
             student.weight_values() if student is not None else None,
             self._learning_rate(self.teacher_optimizer),
             self._learning_rate(self.student_optimizer),
-            tf.convert_to_tensor(self.latency_weight.value), batches)
+            tf.convert_to_tensor(self.latency_weight.value), batches,
+            return_step_gradients=True)
         grads, objective = _replica_mean((grads, objective))
         finite = tf.logical_and(_all_finite(grads), tf.math.is_finite(objective))
         clipped, norm = tf.clip_by_global_norm(grads, cfg.arch_grad_clip)
@@ -186,44 +193,54 @@ class LBTSearch(keras.Model):
         if self.problem.latency_fn is not None:
             self.trackers["expected_latency_ms"].update_state(
                 self.problem.latency_fn(teacher.arch_values()))
-        return tf.logical_or(skipped, tf.logical_not(finite))
+        if reuse is not None and not cfg.reuse_step_gradients:
+            # Only what does not depend on A: the student's own data term.
+            reuse = architect.StepGradients(student_loss=reuse.student_loss,
+                                            student_grads=reuse.student_grads,
+                                            student_stats=reuse.student_stats)
+        return tf.logical_or(skipped, tf.logical_not(finite)), reuse
 
-    def _weight_update(self, batches, skipped):
+    def _weight_update(self, batches, skipped, reuse=None):
+        """The real weight steps; `reuse` (`architect.StepGradients`) supplies the pieces the
+        arch step already computed, None fields are computed here."""
         teacher, student = self.teacher_learner, self.student_learner
-        cfg = self.search_config
-        t_weights, arch = teacher.weight_values(), teacher.arch_values()
-        images, labels = batches.teacher_train
-        with tf.GradientTape() as tape:
-            tape.watch(t_weights)
-            outputs, t_stats = teacher.forward(t_weights, arch, images)
-            t_loss = architect.teacher_seg_loss(outputs, labels, self.ignore_label)
-        t_grads = architect.checked_gradients(tape.gradient(t_loss, t_weights),
-                                              teacher.weight_names, "teacher weight step")
+        problem, cfg = self.problem, self.search_config
+        reuse = reuse or architect.StepGradients()
+        t_loss, t_grads, t_stats = reuse.teacher_loss, reuse.teacher_grads, reuse.teacher_stats
+        if t_grads is None:
+            t_loss, t_grads, t_stats = problem.teacher_train_gradient(
+                teacher.weight_values(), teacher.arch_values(), batches.teacher_train,
+                "teacher weight step")
         losses_seen, grads_seen = [t_loss], list(t_grads)
         updates_grads = [t_grads]
         stats = [t_stats]
         if student is not None:
             s_weights = student.weight_values()
             unlabeled = batches.unlabeled
-            u_outputs, _ = teacher.forward(t_weights, arch, unlabeled)  # BN stats discarded
-            probs = tf.stop_gradient(architect.teacher_probabilities(u_outputs,
-                                                                     unlabeled.shape[1:3]))
-            s_images, s_labels = batches.student_train
-            with tf.GradientTape() as tape:
-                tape.watch(s_weights)
-                s_out, s_stats = student.forward(s_weights, [], s_images)
-                s_loss = architect.student_seg_loss(s_out, s_labels, self.ignore_label,
-                                                    cfg.student_aux_weight)
-                pl_out, _ = student.forward(s_weights, [], unlabeled)
-                pl_logits = architect.student_logits(pl_out)
-                if cfg.pseudo_labels == "soft":
-                    pl_loss = architect.losses.soft_ce(pl_logits, probs)
-                else:
-                    hard = tf.argmax(probs, axis=-1, output_type=tf.int32)
-                    pl_loss = architect.losses.segmentation_ce(pl_logits, hard, self.ignore_label)
-                s_total = s_loss + cfg.pseudo_label_weight * pl_loss
-            s_grads = architect.checked_gradients(tape.gradient(s_total, s_weights),
-                                                  student.weight_names, "student weight step")
+            s_loss, s_grads, s_stats = reuse.student_loss, reuse.student_grads, reuse.student_stats
+            if s_grads is None:
+                s_loss, s_grads, s_stats = problem.student_train_gradient(
+                    s_weights, batches.student_train)
+            probs, pl_loss, pl_grads = reuse.pseudo_probs, reuse.pseudo_loss, reuse.pseudo_grads
+            if probs is None:  # P(T, A) on D_u; BN statistics discarded
+                probs = problem.teacher_probs(teacher.weight_values(), teacher.arch_values(),
+                                              unlabeled)
+            probs = tf.stop_gradient(probs)
+            if pl_grads is None or cfg.pseudo_labels != "soft":
+                with tf.GradientTape() as tape:
+                    tape.watch(s_weights)
+                    pl_out, _ = student.forward(s_weights, [], unlabeled)
+                    pl_logits = architect.student_logits(pl_out)
+                    if cfg.pseudo_labels == "soft":
+                        pl_loss = architect.losses.soft_ce(pl_logits, probs)
+                    else:
+                        hard = tf.argmax(probs, axis=-1, output_type=tf.int32)
+                        pl_loss = architect.losses.segmentation_ce(pl_logits, hard,
+                                                                   self.ignore_label)
+                pl_grads = tape.gradient(pl_loss, s_weights)
+            s_grads = architect.checked_gradients(
+                architect.add_scaled(s_grads, cfg.pseudo_label_weight, pl_grads),
+                student.weight_names, "student weight step")
             losses_seen += [s_loss, pl_loss]
             grads_seen += list(s_grads)
             updates_grads.append(s_grads)
@@ -249,10 +266,10 @@ class LBTSearch(keras.Model):
     def train_step(self, data):
         self.trace_count += 1  # Python side effect: runs once per trace
         batches = architect.Batches.from_dict(data)
-        skipped = tf.constant(False)
+        skipped, reuse = tf.constant(False), None
         if self.phase == "search":
-            skipped = self._arch_update(batches, skipped)
-        skipped = self._weight_update(batches, skipped)
+            skipped, reuse = self._arch_update(batches, skipped)
+        skipped = self._weight_update(batches, skipped, reuse)
         self._count_skip(skipped)
         logs = {m.name: m.result() for m in self.metrics if m is not self.teacher_miou
                 and m is not self.student_miou}

@@ -16,15 +16,18 @@ H, W, C = 32, 64, 3
 
 @pytest.fixture
 def float64_model():
-    previous = keras.config.floatx()
+    # floatx AND the dtype policy: Keras caches the policy from floatx at the first layer made
+    previous = keras.config.floatx(), keras.config.dtype_policy()
     keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
     try:
         keras.utils.set_random_seed(3)
         model = build_student(TINY, C, (H, W, 3))
-        assert model.trainable_variables[0].dtype == "float64"
+        assert all(v.dtype == "float64" for v in model.weights)
         yield model
     finally:
-        keras.config.set_floatx(previous)
+        keras.config.set_floatx(previous[0])
+        keras.config.set_dtype_policy(previous[1])
 
 
 def test_hypergradient_through_student_step_matches_finite_differences(float64_model):
