@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import glob
-import importlib.util
 import json
 import os
 
@@ -51,6 +50,10 @@ def builders(monkeypatch):
     """The stand-in supernet (tracing the real one's second-order step takes minutes on 2 CPU
     cores; its gradients are checked in test_hypergradient, the demo runs it end to end)."""
     monkeypatch.setattr(runner, "import_builders", _stand_in_builders)
+    # the stand-in's architecture is {variable: argmax}, not a FasterSeg one to tabulate
+    from lbt_tf.models.fasterseg import describe
+    monkeypatch.setattr(describe, "describe_lines",
+                        lambda architecture, config, table: [json.dumps(architecture)])
 
 
 def test_run_search_writes_every_output(tmp_path, builders):
@@ -59,8 +62,15 @@ def test_run_search_writes_every_output(tmp_path, builders):
     assert os.path.exists(result.arch_path)
     assert len(glob.glob(str(tmp_path / "arch" / "arch_epoch_*.json"))) == 3
     assert os.path.exists(tmp_path / "arch_evolution.png")
-    if importlib.util.find_spec("tensorboard") is not None:
-        assert glob.glob(str(tmp_path / "tensorboard" / "**" / "events.*"), recursive=True)
+    scalars = _tensorboard_scalars(tmp_path / "tensorboard")
+    for tag in ("train/epoch_teacher_loss", "train/epoch_student_loss",
+                "train/epoch_pseudo_loss", "train/epoch_expected_latency_ms",
+                "train/epoch_skipped_steps", "train/epoch_arch_grad_norm",
+                "validation/epoch_teacher_miou", "validation/epoch_student_miou"):
+        assert tag in scalars, (tag, sorted(scalars))
+        assert [step for step, _ in scalars[tag]] == [0, 1, 2], tag  # one per epoch
+        assert all(np.isfinite(value) for _, value in scalars[tag]), tag
+    assert all(value == 0 for _, value in scalars["train/epoch_skipped_steps"])
     state = json.load(open(tmp_path / runner.STATE_FILE))
     for key in ("teacher_loss", "student_loss", "val_teacher_miou", "val_student_miou",
                 "expected_latency_ms", "skipped_steps", "arch_grad_norm"):
@@ -70,6 +80,25 @@ def test_run_search_writes_every_output(tmp_path, builders):
     assert 0.0 <= result.teacher_miou <= 1.0 and 0.0 <= result.student_miou <= 1.0
     assert all("val_teacher_miou" in h and "val_student_miou" in h for h in result.history)
     assert result.skipped_steps == 0 and result.mode == "lbt"
+    # the same numbers in TensorBoard as in the history
+    for key, tag in (("teacher_loss", "train/epoch_teacher_loss"),
+                     ("val_student_miou", "validation/epoch_student_miou")):
+        np.testing.assert_allclose([h[key] for h in result.history],
+                                   [value for _, value in scalars[tag]], rtol=1e-5)
+
+
+def _tensorboard_scalars(log_dir):
+    """{"train/epoch_x": [(step, value), ...]} from the event files (Keras writes tensors)."""
+    from tensorboard.backend.event_processing import event_accumulator
+
+    scalars = {}
+    for writer in ("train", "validation"):
+        accumulator = event_accumulator.EventAccumulator(str(log_dir / writer))
+        accumulator.Reload()
+        for tag in accumulator.Tags()["tensors"]:
+            scalars[f"{writer}/{tag}"] = [(event.step, float(tf.make_ndarray(event.tensor_proto)))
+                                          for event in accumulator.Tensors(tag)]
+    return scalars
 
 
 class _Crash(Exception):
