@@ -31,7 +31,11 @@ def _all_logits(outputs):
     """(main logits, [auxiliary logits]) of a model returning a dict, a list or one tensor."""
     if isinstance(outputs, dict):
         main_key = "logits" if "logits" in outputs else next(iter(outputs))
-        return outputs[main_key], [v for k, v in outputs.items() if k != main_key]
+        auxiliary = []
+        for key, value in outputs.items():
+            if key != main_key:  # the derived FasterSeg network returns a list of aux logits
+                auxiliary.extend(value if isinstance(value, (list, tuple)) else [value])
+        return outputs[main_key], auxiliary
     if isinstance(outputs, (list, tuple)):
         return outputs[0], list(outputs[1:])
     return outputs, []
