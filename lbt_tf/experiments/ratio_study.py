@@ -76,7 +76,7 @@ class RatioStudyTuner(keras_tuner.Tuner):
         """Nothing to save: the trial's search keeps its own checkpoints."""
 
     def load_model(self, trial):
-        raise NotImplementedError("a ratio-study trial has no Keras model; read "
+        raise TypeError("a ratio-study trial has no Keras model; read "
                                   "trial_result.json in its trial directory")
 
 

@@ -15,19 +15,11 @@ H, W, C = 32, 64, 3
 
 
 @pytest.fixture
-def float64_model():
-    # floatx AND the dtype policy: Keras caches the policy from floatx at the first layer made
-    previous = keras.config.floatx(), keras.config.dtype_policy()
-    keras.config.set_floatx("float64")
-    keras.config.set_dtype_policy("float64")
-    try:
-        keras.utils.set_random_seed(3)
-        model = build_student(TINY, C, (H, W, 3))
-        assert all(v.dtype == "float64" for v in model.weights)
-        yield model
-    finally:
-        keras.config.set_floatx(previous[0])
-        keras.config.set_dtype_policy(previous[1])
+def float64_model(keras_float64):
+    keras.utils.set_random_seed(3)
+    model = build_student(TINY, C, (H, W, 3))
+    assert all(v.dtype == "float64" for v in model.weights)
+    return model
 
 
 def test_hypergradient_through_student_step_matches_finite_differences(float64_model):

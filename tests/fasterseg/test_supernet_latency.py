@@ -68,20 +68,12 @@ def test_gradient_reaches_every_arch_entry(tiny, sample_widths):
 
 
 @pytest.fixture
-def float64_supernet():
+def float64_supernet(keras_float64):
     """A float64 tiny supernet (float32 rounding would swamp eps=1e-7 differences)."""
     import keras
-    previous = keras.config.floatx(), keras.config.dtype_policy()
-    # the dtype policy too: Keras caches it from floatx the first time any layer is made
-    keras.config.set_floatx("float64")
-    keras.config.set_dtype_policy("float64")
-    try:
-        keras.utils.set_random_seed(0)
-        config = tiny_config()
-        supernet = build_supernet(config, latency_table=synthetic_table(config))
-    finally:
-        keras.config.set_floatx(previous[0])
-        keras.config.set_dtype_policy(previous[1])
+    keras.utils.set_random_seed(0)
+    config = tiny_config()
+    supernet = build_supernet(config, latency_table=synthetic_table(config))
     supernet.sample_widths = False
     return config, supernet
 

@@ -28,16 +28,9 @@ def smooth_relu(x, name=None):
 
 
 @pytest.fixture(scope="module")
-def float64():
-    """floatx AND the dtype policy: Keras caches the policy from floatx at the first layer."""
-    previous = keras.config.floatx(), keras.config.dtype_policy()
-    keras.config.set_floatx("float64")
-    keras.config.set_dtype_policy("float64")
-    try:
-        yield
-    finally:
-        keras.config.set_floatx(previous[0])
-        keras.config.set_dtype_policy(previous[1])
+def float64(keras_float64_module):
+    """Every model of this module is built in float64 (see tests/conftest.py)."""
+    yield
 
 
 @pytest.fixture

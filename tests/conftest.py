@@ -1,0 +1,31 @@
+"""Fixtures shared by the whole suite."""
+import contextlib
+
+import keras
+import pytest
+
+
+@contextlib.contextmanager
+def _keras_float64():
+    """floatx AND the dtype policy: Keras caches the policy from floatx at the first layer made,
+    so setting floatx alone can silently build float32 layers after other tests ran."""
+    previous = keras.config.floatx(), keras.config.dtype_policy()
+    keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
+    try:
+        yield
+    finally:
+        keras.config.set_floatx(previous[0])
+        keras.config.set_dtype_policy(previous[1])
+
+
+@pytest.fixture
+def keras_float64():
+    with _keras_float64():
+        yield
+
+
+@pytest.fixture(scope="module")
+def keras_float64_module():
+    with _keras_float64():
+        yield
