@@ -275,6 +275,12 @@ class LBTSearch(keras.Model):
                 and m is not self.student_miou}
         logs["skipped_steps"] = tf.convert_to_tensor(self.skipped_steps.value)
         logs["latency_weight"] = tf.convert_to_tensor(self.latency_weight.value)
+        # The learners' own rates (Keras' TensorBoard `learning_rate` tag is compile()'s unused
+        # default optimizer, not one of these).
+        logs["teacher_lr"] = self._learning_rate(self.teacher_optimizer)
+        logs["arch_lr"] = self._learning_rate(self.arch_optimizer)
+        if self.student_learner is not None:
+            logs["student_lr"] = self._learning_rate(self.student_optimizer)
         return logs
 
     def _count_skip(self, skipped):
