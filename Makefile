@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(PY) -m lbt_tf.main --flagfile=configs/demo.flags
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --timeout=600 tests lbt_tf
+	$(PY) -m pytest -q -n 2 --timeout=600 tests
 
 bench: $(STAMP)
 	$(PY) bench/search_step.py --flagfile=configs/demo.flags
