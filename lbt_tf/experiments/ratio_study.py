@@ -30,7 +30,7 @@ from lbt_tf.experiments import results as results_lib
 OBJECTIVE = "student_val_miou"
 PROJECT = "tuner"
 COLUMNS = (("trial_id", "trial", "{}"),
-           ("pseudo_label_ratio", "ratio |D_u|:|D_s^tr|", "{:g}"),
+           ("pseudo_label_ratio", "ratio D_u : D_s^tr (pseudo_label_ratio)", "{:g}"),
            ("pseudo_label_weight", "λ (pseudo_label_weight)", "{:g}"),
            ("student_val_weight", "γ (student_val_weight)", "{:g}"),
            (OBJECTIVE, "student val mIoU", "{:.4f}"),
