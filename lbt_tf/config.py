@@ -253,9 +253,11 @@ def validate(config: Config) -> Config:
     if d.source not in ("synthetic", "cityscapes", "tfds_cityscapes"):
         raise ConfigError(f"--data_source={d.source!r}: expected synthetic, cityscapes or "
                           "tfds_cityscapes")
-    if d.source != "tfds_cityscapes" and d.source != "cityscapes" and d.num_classes != 19:
+    from lbt_tf.data.labels import TRAIN_ID_NAMES  # the synthetic scenes' label space
+    if d.source == "synthetic" and d.num_classes != len(TRAIN_ID_NAMES):
         raise ConfigError(f"--num_classes={d.num_classes}: the synthetic scenes are labeled "
-                          "with the 19 Cityscapes train ids; use --num_classes=19")
+                          f"with the {len(TRAIN_ID_NAMES)} Cityscapes train ids; use "
+                          f"--num_classes={len(TRAIN_ID_NAMES)}")
     if d.source == "cityscapes" and not d.data_dir:
         raise ConfigError("--data_source=cityscapes needs --data_dir (the Cityscapes root)")
     if d.source == "tfds_cityscapes" and not d.tfds_manual_dir:
