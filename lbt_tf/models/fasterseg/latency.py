@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from lbt_tf.models.fasterseg import operations as ops_lib
-from lbt_tf.models.fasterseg.operations import num_filters
+from lbt_tf.models.fasterseg.operations import next_cell_inputs, num_filters
 
 _CELL_KINDS = ops_lib.OP_TABLE_NAMES
 _KEY_RE = re.compile(
@@ -288,15 +288,7 @@ class SupernetLatencyModel:
             keep = {j: reach[j] + self.cell_latency(arch, gammas, i, j, 1) for j in reach}
             down = {j + 1: reach[j] + self.cell_latency(arch, gammas, i, j, 2)
                     for j in reach if j < 2}
-            reach = {}
-            for j in range(min(i + 1, 2) + 1):
-                if j == 0:
-                    reach[0] = keep[0]
-                elif j == i + 1:
-                    reach[j] = down[j]
-                else:
-                    beta = betas[j][i - j]
-                    reach[j] = beta[0] * down[j] + beta[1] * keep[j]
+            reach = next_cell_inputs(keep, down, betas, i)
         ends = [reach[j] + self.cell_latency(arch, gammas, L - 1, j, 1) for j in range(3)]
         return self.stem_ms + tf.add_n(ends)
 

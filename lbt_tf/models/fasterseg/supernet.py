@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from lbt_tf.models.fasterseg import operations as ops_lib
-from lbt_tf.models.fasterseg.operations import ConvNorm, CellOp, Head, MixedOp, num_filters
+from lbt_tf.models.fasterseg.operations import ConvNorm, CellOp, Head, MixedOp, next_cell_inputs, num_filters
 from lbt_tf.ops.resize import resize_bilinear
 
 HEAD_NAMES = ("head0", "head1", "head2", "head02", "head12")
@@ -185,15 +185,7 @@ class FasterSegSupernet(keras.Model):
                         inputs[j], alpha, widths.get((i, j + 1), one), training=training)
             if i == L - 1:
                 break
-            inputs = {}
-            for j in range(min(i + 1, 2) + 1):
-                if j == 0:
-                    inputs[0] = keep_out[0]
-                elif j == i + 1:
-                    inputs[j] = down_out[j]
-                else:
-                    beta = betas[j][i - j]   # cell (i + 1, j): row (i + 1) - j - 1
-                    inputs[j] = beta[0] * down_out[j] + beta[1] * keep_out[j]
+            inputs = next_cell_inputs(keep_out, down_out, betas, i)
 
         c8, c16, c32 = (num_filters(F, s, self.head_ratio) for s in (8, 16, 32))
         out0, out1, out2 = keep_out[0][..., :c8], keep_out[1][..., :c16], keep_out[2][..., :c32]
