@@ -145,7 +145,7 @@ def _to_python(logs):
 
 
 @contextlib.contextmanager
-def _fast_graph_compilation():
+def fast_graph_compilation():
     """Grappler's meta-optimizer spends ~4x the step time of a whole CPU demo on the large
     second-order graph of the unrolled step (measured: first call 21 s -> 5 s, step time not
     worse); it is switched off for the search only and restored afterwards."""
@@ -160,7 +160,7 @@ def _fast_graph_compilation():
 
 def run_search(config) -> SearchResult:
     """Warm-up (A frozen) then search, resumable; prints the architecture and the mIoUs."""
-    with _fast_graph_compilation():
+    with fast_graph_compilation():
         return _run_search(config)
 
 
