@@ -7,6 +7,7 @@ Flags become one frozen `Config` here (lbt_tf.flags.build_config) and each mode 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 from absl import app, logging
@@ -39,9 +40,17 @@ def dispatch(config):
     return handler(config)
 
 
+def quiet_tensorflow(verbosity: int):
+    """TensorFlow's C++ INFO/WARNING lines hide the few numbers a user watches: keep ERROR and
+    above unless `--verbosity` (absl's -v) asks for more or TF_CPP_MIN_LOG_LEVEL is set. Must run
+    before TensorFlow is imported (the modes import it lazily, in `dispatch`)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if verbosity > 0 else "2")
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    quiet_tensorflow(logging.get_verbosity())
     try:
         config = lbt_flags.build_config()
         dispatch(config)
