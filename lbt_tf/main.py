@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import tempfile
 
 from absl import app, logging
 
@@ -42,9 +43,31 @@ def dispatch(config):
 
 def quiet_tensorflow(verbosity: int):
     """TensorFlow's C++ INFO/WARNING lines hide the few numbers a user watches: keep ERROR and
-    above unless `--verbosity` (absl's -v) asks for more or TF_CPP_MIN_LOG_LEVEL is set. Must run
-    before TensorFlow is imported (the modes import it lazily, in `dispatch`)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if verbosity > 0 else "2")
+    above unless `--verbosity` (absl's -v) asks for more or TF_CPP_MIN_LOG_LEVEL is set.
+
+    TF_CPP_MIN_LOG_LEVEL does not reach the lines TF's static initialisers write before absl's
+    logging is set up (oneDNN, CUDA stub), so TensorFlow is imported here with the stderr file
+    descriptor captured, and only what is not an INFO/WARNING line is written back."""
+    if verbosity > 0 or "tensorflow" in sys.modules:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode(errors="replace").splitlines(keepends=True):
+                if not line.startswith(_PRE_ABSL_NOISE):
+                    sys.stderr.write(line)
+
+
+# Prefixes of the C++ log lines written during `import tensorflow` (severity letter I/W + date).
+_PRE_ABSL_NOISE = ("I0000 ", "W0000 ", "WARNING: All log messages before absl::InitializeLog")
 
 
 def main(argv):
