@@ -18,12 +18,12 @@ def test_search_epoch_updates_arch_and_weights(mode, hypergrad):
     model = stand_in_search_model(mode, hypergrad, warmup_epochs=1)
     arch_before = values(model.teacher_learner.arch_variables)
     schedule = search_callbacks.EpochSchedule(model.search_config)
-    model.fit(search_dataset(3), epochs=1, callbacks=[schedule], verbose=0)  # warm-up: A frozen
+    model.fit(search_dataset(3), epochs=1, callbacks=[schedule], verbose=0, shuffle=False)  # warm-up: A frozen
     for before, var in zip(arch_before, model.teacher_learner.arch_variables):
         np.testing.assert_array_equal(before, var.numpy())
     weights_before = values(model.teacher_learner.weight_variables)
     history = model.fit(search_dataset(3), epochs=2, initial_epoch=1, callbacks=[schedule],
-                        verbose=0)
+                        verbose=0, shuffle=False)
     assert any(np.abs(b - v.numpy()).max() > 0
                for b, v in zip(arch_before, model.teacher_learner.arch_variables))
     assert any(np.abs(b - v.numpy()).max() > 0
@@ -41,7 +41,7 @@ def test_non_finite_step_is_skipped_and_lbt_falls_back_to_lpt():
     model = stand_in_search_model("lbt", "exact", warmup_epochs=0, max_skipped_steps=2)
     # warm the step on clean data, then poison every teacher_train batch from step 1 on
     schedule = search_callbacks.EpochSchedule(model.search_config)
-    model.fit(search_dataset(1), epochs=1, callbacks=[schedule], verbose=0)
+    model.fit(search_dataset(1), epochs=1, callbacks=[schedule], verbose=0, shuffle=False)
     all_vars = (model.teacher_learner.arch_variables + model.teacher_learner.weight_variables
                 + model.teacher_learner.non_trainable_variables
                 + model.student_learner.weight_variables
@@ -50,7 +50,7 @@ def test_non_finite_step_is_skipped_and_lbt_falls_back_to_lpt():
     messages = []
     fallback = search_callbacks.NonFiniteFallback(2, log_fn=messages.append)
     model.fit(search_dataset(3, poison_from=0), epochs=2, initial_epoch=1,
-              callbacks=[schedule, fallback], verbose=0)
+              callbacks=[schedule, fallback], verbose=0, shuffle=False)
     after = values(all_vars)
     for b, a in zip(before, after):
         assert np.all(np.isfinite(a)), "a NaN reached a variable"
@@ -62,10 +62,10 @@ def test_non_finite_step_is_skipped_and_lbt_falls_back_to_lpt():
 
 def test_consecutive_counter_resets_after_a_finite_step():
     model = stand_in_search_model("lpt", warmup_epochs=0)
-    model.fit(search_dataset(2, poison_from=1), epochs=1, verbose=0)
+    model.fit(search_dataset(2, poison_from=1), epochs=1, verbose=0, shuffle=False)
     assert int(model.skipped_steps.numpy()) == 1
     assert int(model.consecutive_skips.numpy()) == 1
-    model.fit(search_dataset(1), epochs=1, verbose=0)
+    model.fit(search_dataset(1), epochs=1, verbose=0, shuffle=False)
     assert int(model.consecutive_skips.numpy()) == 0
     assert int(model.skipped_steps.numpy()) == 1
 
@@ -74,7 +74,7 @@ def test_consecutive_counter_resets_after_a_finite_step():
 def test_progress_line_shows_the_phase_and_history_gets_the_arch_signals(capsys, hypergrad):
     model = stand_in_search_model("lbt", hypergrad, warmup_epochs=1)
     schedule = search_callbacks.EpochSchedule(model.search_config)
-    history = model.fit(search_dataset(2), epochs=2, verbose=1,
+    history = model.fit(search_dataset(2), epochs=2, verbose=1, shuffle=False,
                         callbacks=[schedule, search_callbacks.PhaseProgbar()]).history
     warmup, search = capsys.readouterr().out.split("Epoch 2/2")
     assert "teacher_loss" in warmup and "student_loss" in warmup and "arch_" not in warmup
