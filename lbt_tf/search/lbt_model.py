@@ -60,8 +60,9 @@ class LBTSearch(keras.Model):
         self.hypergrad = cfg.hypergrad
         self.phase = names.PHASES[0]
         self.trace_count = 0
-        self.teacher_learner = lrn.Learner(supernet, supernet.arch_variables)
-        self.student_learner = lrn.Learner(student) if student is not None else None
+        self.teacher_learner = lrn.Learner(supernet, supernet.arch_variables, cfg.trace_once)
+        self.student_learner = (lrn.Learner(student, trace_once=cfg.trace_once)
+                                if student is not None else None)
         self.problem = unrolled.SearchProblem(
             teacher=self.teacher_learner, student=self.student_learner,
             ignore_label=ignore_label, latency_fn=latency_fn,
