@@ -11,9 +11,7 @@ import json
 from typing import Optional, Tuple
 
 from lbt_tf.errors import LbtError
-
-# FasterSeg's expansion ratios of a cell's width (search/model_search.py: width_mult_list).
-FASTERSEG_WIDTH_MULT_LIST = (4.0 / 12, 6.0 / 12, 8.0 / 12, 10.0 / 12, 1.0)
+from lbt_tf.models.fasterseg.space import WIDTH_MULT_LIST
 
 
 class ConfigError(LbtError, ValueError):
@@ -66,7 +64,7 @@ class TeacherConfig:
     """FasterSeg supernet (search) / derived network (retrain)."""
     layers: int = 16
     base_width: int = 12                  # FasterSeg's Fch
-    width_mult_list: Tuple[float, ...] = FASTERSEG_WIDTH_MULT_LIST
+    width_mult_list: Tuple[float, ...] = WIDTH_MULT_LIST
     search_widths: bool = True            # False: teacher at full width only (FasterSeg arch_0)
     stem_head_width: Tuple[float, float] = (1.0, 1.0)
     gumbel_temperature: float = 1.0

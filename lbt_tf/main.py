@@ -7,7 +7,9 @@ Flags become one frozen `Config` here (lbt_tf.flags.build_config) and each mode 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+import tempfile
 
 from absl import app, logging
 
@@ -40,12 +42,42 @@ def dispatch(config):
     return handler(config)
 
 
+def quiet_tensorflow(verbosity: int):
+    """TensorFlow's C++ INFO/WARNING lines hide the few numbers a user watches: keep ERROR and
+    above unless `--verbosity` (absl's -v) asks for more or TF_CPP_MIN_LOG_LEVEL is set.
+
+    TF_CPP_MIN_LOG_LEVEL does not reach the lines TF's static initialisers write before absl's
+    logging is set up (oneDNN, CUDA stub), so TensorFlow is imported here with the stderr file
+    descriptor captured, and only what is not an INFO/WARNING line is written back."""
+    if verbosity > 0 or "tensorflow" in sys.modules:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode(errors="replace").splitlines(keepends=True):
+                if not line.startswith(_PRE_ABSL_NOISE):
+                    sys.stderr.write(line)
+
+
+# Prefixes of the C++ log lines written during `import tensorflow` (severity letter I/W + date).
+_PRE_ABSL_NOISE = ("I0000 ", "W0000 ", "WARNING: All log messages before absl::InitializeLog")
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     config = None
     try:
         config = config_lib.check_inputs(lbt_flags.build_config())  # before any work
+        quiet_tensorflow(logging.get_verbosity())
         dispatch(config)
     except LbtError as err:
         # The user's input is wrong: one clear line naming the file or flag, no stack trace.

@@ -31,7 +31,10 @@ def make_dataset(data_config, source, training: bool, seed: int = 0, repeat: boo
     if training and len(source) < batch_size:
         raise DataError(f"split {source.name!r} has {len(source)} images, fewer than "
                         f"--batch_size={batch_size} (training drops incomplete batches)")
-    dataset = decoded_dataset(d, source)
+    # Generators and file readers hide their length from tf.data; Keras needs it to end an
+    # evaluation pass without warning that the input "ran out of data".
+    dataset = decoded_dataset(d, source).apply(
+        tf.data.experimental.assert_cardinality(len(source)))
     if training:
         dataset = dataset.shuffle(min(len(source), max(d.shuffle_buffer, 1)), seed=seed,
                                   reshuffle_each_iteration=True)

@@ -224,6 +224,7 @@ def _run_search(config) -> SearchResult:
     if initial_epoch < total_epochs:
         model.fit(train, epochs=total_epochs, initial_epoch=initial_epoch,
                   steps_per_epoch=steps, validation_data=val, callbacks=callbacks,
+                  shuffle=False,  # the tf.data pipeline shuffles (seeded)
                   verbose=2 if cfg.log_every <= 0 else "auto")
     if not history:
         raise DataError("the search ran no epoch: set --warmup_epochs/--search_epochs")

@@ -14,7 +14,7 @@ from lbt_tf.config import TeacherConfig
 from lbt_tf.errors import ArchitectureError
 from lbt_tf.models.fasterseg import arch_validation, genotype
 from lbt_tf.models.fasterseg.genotype import load_architecture
-from lbt_tf.models.fasterseg.operations import OP_NAMES
+from lbt_tf.models.fasterseg.space import OP_NAMES
 
 from .conftest import shared_file
 

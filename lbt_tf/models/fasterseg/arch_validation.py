@@ -10,7 +10,8 @@ import os
 import jsonschema
 
 from lbt_tf.errors import ArchitectureError
-from lbt_tf.models.fasterseg.operations import OP_NAMES, num_filters
+from lbt_tf.models.fasterseg.operations import num_filters
+from lbt_tf.models.fasterseg.space import OP_NAMES, OUTPUT_STRIDES
 
 SCHEMA_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "arch_schema.json")
 WIDTH_TOLERANCE = 1e-6
@@ -20,11 +21,6 @@ WIDTH_TOLERANCE = 1e-6
 def schema_validator():
     with open(SCHEMA_PATH) as f:
         return jsonschema.Draft202012Validator(json.load(f))
-
-
-def scale_of(output_stride: int) -> int:
-    """Scale 0/1/2 of a branch ending at output stride 8/16/32."""
-    return {8: 0, 16: 1, 32: 2}[output_stride]
 
 
 def min_cells(layers: int, scale: int) -> int:
@@ -50,7 +46,7 @@ def validate_architecture(arch, path="<architecture>"):
             fail(f"branch_output_strides has {stride} but candidates has no branch {stride!r}")
     for name, branch in arch["candidates"].items():
         ops, cells, widths = branch["ops"], branch["path"], branch["widths"]
-        scale = scale_of(int(name))
+        scale = OUTPUT_STRIDES.index(int(name))
         if not len(ops) == len(cells) == len(widths) + 1:
             fail(f"branch {name}: need len(ops) == len(path) == len(widths) + 1, got "
                  f"{len(ops)}, {len(cells)}, {len(widths)}")
