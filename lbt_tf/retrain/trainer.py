@@ -21,6 +21,7 @@ import tensorflow as tf
 from lbt_tf.config import Config, ConfigError
 from lbt_tf.ops import losses
 from lbt_tf.retrain import network as network_lib
+from lbt_tf.search.callbacks import DivergenceGuard
 
 
 class RetrainModel(keras.Model):
@@ -175,7 +176,9 @@ def run_train(config: Config):
     if not config.resume and os.path.isdir(backup_dir):
         shutil.rmtree(backup_dir)  # a fresh run must not silently continue an old one
     weights_path = os.path.join(out_dir, network_lib.WEIGHTS_NAME)
-    callbacks = [keras.callbacks.BackupAndRestore(backup_dir, delete_checkpoint=False),
+    # The guard first: a diverged epoch is neither backed up nor saved.
+    guard = DivergenceGuard({"loss": ("train_lr", t.lr)})
+    callbacks = [guard, keras.callbacks.BackupAndRestore(backup_dir, delete_checkpoint=False),
                  SaveNetworkWeights(net, weights_path)]
     if tensorboard_available():
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(out_dir, "tensorboard")))

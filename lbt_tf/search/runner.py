@@ -1,8 +1,8 @@
 """`run_search(config)`: warm-up + architecture search (fasterseg | lpt | lbt) under `fit`.
 
 Outputs under `config.run_dir`: `tensorboard/` (losses of both learners, val mIoU of teacher and
-student, expected latency, skipped steps), `arch/arch_epoch_NNN.json` + `arch.json` (derived after
-every epoch), `arch_evolution.png`, `checkpoints/` (`tf.train.CheckpointManager`, one per epoch;
+student, expected latency, skipped steps), `arch/arch_epoch_NNN.json` (derived after every
+epoch), `arch.json` (the found architecture, written when the run ends without diverging), `arch_evolution.png`, `checkpoints/` (`tf.train.CheckpointManager`, one per epoch;
 `--resume` continues from the last one) and `search_state.json` (history, mode after a fallback).
 """
 from __future__ import annotations
@@ -107,6 +107,19 @@ def build_search_model(config, mode: Optional[str] = None):
     return model
 
 
+def divergence_guard(model, cfg):
+    """Stops the search when a loss explodes, most steps are non-finite or the architecture
+    softmax saturates in its first steps, naming the learning rate to lower."""
+    flags = {"teacher_loss": ("teacher_lr", cfg.teacher_lr)}
+    if model.student is not None:
+        flags.update(student_loss=("student_lr", cfg.student_lr),
+                     pseudo_loss=("student_lr", cfg.student_lr))
+    return search_callbacks.DivergenceGuard(
+        flags, skips_fn=lambda: int(model.skipped_steps.numpy()),
+        arch_values_fn=lambda: {v.name: v.numpy() for v in model.teacher_learner.arch_variables},
+        arch_active_fn=lambda: model.phase == "search", arch_flag=("arch_lr", cfg.arch_lr))
+
+
 def _checkpoint(model, epoch_variable):
     items = dict(supernet=model.supernet, teacher_optimizer=model.teacher_optimizer,
                  arch_optimizer=model.arch_optimizer, epoch=epoch_variable,
@@ -195,6 +208,7 @@ def _run_search(config) -> SearchResult:
                       f, indent=1)
 
     callbacks = [
+        divergence_guard(model, cfg),  # first: a diverged epoch saves nothing
         search_callbacks.EpochSchedule(cfg, latency_fn),
         fallback,
         arch_log,
@@ -208,10 +222,16 @@ def _run_search(config) -> SearchResult:
         logging.warning("the tensorboard package is not installed: no TensorBoard scalars "
                         "(every scalar is also in %s)", os.path.join(run_dir, STATE_FILE))
     if initial_epoch < total_epochs:
-        model.fit(train, epochs=total_epochs, initial_epoch=initial_epoch,
-                  steps_per_epoch=steps, validation_data=val, callbacks=callbacks,
-                  shuffle=False,  # the tf.data pipeline shuffles (seeded)
-                  verbose=2 if cfg.log_every <= 0 else "auto")
+        try:
+            model.fit(train, epochs=total_epochs, initial_epoch=initial_epoch,
+                      steps_per_epoch=steps, validation_data=val, callbacks=callbacks,
+                      shuffle=False,  # the tf.data pipeline shuffles (seeded)
+                      verbose=2 if cfg.log_every <= 0 else "auto")
+        except search_callbacks.DivergenceError as err:
+            kept = manager.latest_checkpoint or "none (no epoch finished)"
+            raise search_callbacks.DivergenceError(
+                f"{err}. Last good checkpoint: {kept}; no architecture was written "
+                f"({os.path.join(run_dir, 'arch.json')})") from None
     if not history:
         raise DataError("the search ran no epoch: set --warmup_epochs/--search_epochs")
 
