@@ -112,7 +112,7 @@ class SearchConfig:
     student_val_weight: float = 1.0
     student_aux_weight: float = 0.4       # student's auxiliary-head CE in its training losses
     pseudo_labels: str = "soft"           # soft | hard (for the real student step)
-    finite_difference_scale: float = 0.01
+    finite_difference_scale: float = 1e-3  # measured: bench/finite_difference_eps.py
     reuse_step_gradients: bool = True     # lbt: weight steps reuse the arch step's gradients
     arch_signal_every: int = 1            # lbt: split ||grad_A|| into its terms every N arch steps
     max_skipped_steps: int = 5            # in a row, then lbt falls back to lpt
