@@ -155,9 +155,9 @@ def run_evaluate(config: Config) -> dict:
     e = config.eval
     out_dir = os.path.join(config.run_dir, "evaluate")
     os.makedirs(out_dir, exist_ok=True)
+    source = eval_source(config, e.split)  # files are checked before the network is built
     evaluator = Evaluator(config)
-    metric, samples = evaluate_split(config, evaluator, eval_source(config, e.split),
-                                     grid_images=e.grid_images)
+    metric, samples = evaluate_split(config, evaluator, source, grid_images=e.grid_images)
     names = class_names(config.data.num_classes)
     per_class = np.asarray(metric.per_class_iou(), np.float64)
     miou = float(metric.result())

@@ -173,6 +173,8 @@ def _run_search(config) -> SearchResult:
     strategy = make_strategy(cfg)
     state = _load_state(run_dir) if config.resume else {}
     mode = state.get("mode", cfg.mode)
+    # The data (every file listed and checked) before any model is built or table measured.
+    train, val, steps = make_search_input(config, mode, seed=config.seed)
     with strategy.scope():
         model = build_search_model(config, mode)
         epoch_variable = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
@@ -190,7 +192,9 @@ def _run_search(config) -> SearchResult:
     total_epochs = cfg.warmup_epochs + cfg.epochs
 
     # Different (deterministic) batches after a resume instead of replaying epoch 0's.
-    train, val, steps = make_search_input(config, mode, seed=config.seed + 1000 * initial_epoch)
+    if initial_epoch:
+        train, val, steps = make_search_input(config, mode,
+                                              seed=config.seed + 1000 * initial_epoch)
     latency_fn = model.problem.latency_fn
     arch_log = search_callbacks.ArchitectureLog(
         run_dir, lambda: derive_architecture(model.supernet, config.teacher), save_architecture,
@@ -220,6 +224,7 @@ def _run_search(config) -> SearchResult:
     if initial_epoch < total_epochs:
         model.fit(train, epochs=total_epochs, initial_epoch=initial_epoch,
                   steps_per_epoch=steps, validation_data=val, callbacks=callbacks,
+                  shuffle=False,  # the tf.data pipeline shuffles (seeded)
                   verbose=2 if cfg.log_every <= 0 else "auto")
     if not history:
         raise DataError("the search ran no epoch: set --warmup_epochs/--search_epochs")
