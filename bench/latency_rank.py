@@ -21,7 +21,7 @@ from scipy import stats
 
 from lbt_tf import config as config_lib, flags as lbt_flags
 from lbt_tf.models.fasterseg import (build_derived_network, derive_architecture, import_fasterseg,
-                                     latency)
+                                     latency, timing)
 from lbt_tf.models.fasterseg.space import arch_variable_shapes, searched_widths
 
 flags.DEFINE_integer("bench_networks", 24, "Random derived networks (plus arch_0/arch_1).")
@@ -60,21 +60,6 @@ def sample_architectures(teacher, count, seed):
         else:
             print(f"{path} not found: arch_{index} left out")
     return networks
-
-
-def interleaved_medians(runners, runs, warmup=3):
-    """Median ms per runner, timed round-robin (one call each per round), so a busy spell of
-    the shared machine slows every network alike instead of a few."""
-    for run in runners:
-        for _ in range(warmup):
-            run()
-    timings = [[] for _ in runners]
-    for _ in range(runs):
-        for run, times in zip(runners, timings):
-            start = time.perf_counter()
-            run()
-            times.append((time.perf_counter() - start) * 1e3)
-    return [float(np.median(t)) for t in timings]
 
 
 def rank_statistics(predicted, measured):
@@ -131,7 +116,7 @@ def main(argv):
                                                 base_width, aux_heads=False)
                 runners.append(latency.network_runner(network, height, width, runtime))
             table.save()
-            measured = interleaved_medians(runners, flags.FLAGS.bench_runs)
+            measured = timing.interleaved_medians(runners, flags.FLAGS.bench_runs)
             for (name, _, _), p, m in zip(networks, predicted, measured):
                 print(f"  {runtime} {size} {name}: predicted {p:.3f} ms, measured {m:.3f} ms")
             row = {"predicted": predicted, "measured": measured,

@@ -50,7 +50,8 @@ _CELL_KINDS = OP_TABLE_NAMES
 COMPAT_MODES = ("faithful", "fasterseg")
 FORMAT = "lbt_tf/latency-table-v2"
 # Meta fields that must match for a cached table to be re-used.
-REUSE_KEYS = ("format", "device", "runtime", "tensorflow", "height", "width", "batch")
+REUSE_KEYS = ("format", "device", "runtime", "tensorflow", "height", "width", "batch", "threads",
+              "repeats")
 _KEY_RE = re.compile(
     r"^(?P<kind>[A-Za-z_0-9]+?)_H(?P<h>\d+)_W(?P<w>\d+)_C(?:in)?(?P<cin>\d+)"
     r"(?:_Cout(?P<cout>\d+))?(?:_kernel(?P<kernel>\d+))?(?:_stride(?P<stride>\d+))?"
@@ -149,18 +150,27 @@ def device_name() -> str:
     return f"CPU:{model}:{os.cpu_count()} cores"
 
 
+# A TF graph call costs more than the op's share of a network (per-call executor work, the
+# output's copy): the table times REPEATS chained copies in one graph and divides by REPEATS.
+REPEATS = 3
+
+
 def time_spec(spec: OpSpec, runtime: str = "tf", runs: int = 5, warmup: int = 2) -> float:
-    """Median ms of one batch-1 call of the configuration, compiled for `runtime`."""
+    """Median ms of one batch-1 call of the configuration compiled for `runtime` (for tf/xla:
+    of REPEATS in-graph calls, divided by REPEATS; the overhead entry is one bare call)."""
     if spec.kind == "FactorizedReduce" and spec.stride == 1:
         return 0.0   # identity in the derived network (FasterSeg measures an identity, too)
     fn, inputs = spec.timed_function()
-    return timing.time_callable(timing.compile_for(runtime, fn, inputs), runs, warmup)
+    repeats = REPEATS if runtime in ("tf", "xla") and spec.kind != "overhead" else 1
+    run = timing.compile_for(runtime, timing.repeated(fn, repeats), inputs)
+    return timing.time_callable(run, runs, warmup) / repeats
 
 
 def this_device_meta(runtime: str, height: int, width: int, runs: int, warmup: int) -> dict:
     return {"format": FORMAT, "device": device_name(), "runtime": runtime,
             "tensorflow": tf.__version__, "height": height, "width": width, "batch": 1,
-            "threads": timing.num_threads(), "runs": runs, "warmup": warmup,
+            "threads": timing.num_threads() if runtime == "tflite" else None,
+            "repeats": REPEATS if runtime in ("tf", "xla") else 1, "runs": runs, "warmup": warmup,
             "interpreter": timing.interpreter_name() if runtime == "tflite" else None}
 
 
@@ -217,7 +227,8 @@ class LatencyTable:
         ms = time_spec(spec, self.meta["runtime"], runs, warmup)
         if spec.kind == "overhead":
             return ms
-        return max(0.0, ms - self.get(OVERHEAD))
+        repeats = REPEATS if self.meta["runtime"] in ("tf", "xla") else 1
+        return max(0.0, ms - self.get(OVERHEAD) / repeats)
 
     def ensure(self, specs, progress_every: int = 25) -> int:
         """Measures every spec not yet in the table, printing progress; returns how many."""

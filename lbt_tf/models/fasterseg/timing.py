@@ -11,7 +11,6 @@ the same `compile_for`, so a prediction and a measurement differ only by what th
 from __future__ import annotations
 
 import importlib.util
-import os
 import time
 
 import numpy as np
@@ -33,8 +32,10 @@ def _interpreter(model_content: bytes):
 
 
 def num_threads() -> int:
-    """Threads of the TFLite interpreter: every core, as TF's own executor uses."""
-    return os.cpu_count() or 1
+    """Threads of the TFLite interpreter: one. XNNPACK's thread pool spin-waits at every op's
+    barrier; on a shared CPU a preempted worker stalls each barrier, so multi-threaded times of
+    whole networks measured 2-10x their single-thread sum here (bench/latency_rank.py)."""
+    return 1
 
 
 def frozen_call(layer, call=None):
@@ -48,6 +49,18 @@ def frozen_call(layer, call=None):
         outputs, _ = layer.stateless_call(trainable, non_trainable, x, training=False)
         return call(outputs)
     return fn
+
+
+def repeated(fn, times: int):
+    """fn(x) evaluated `times` times in sequence inside one graph (control dependencies keep
+    the copies apart and in order), so a table entry can be the in-graph cost of one call."""
+    def run(x):
+        out = fn(x)
+        for _ in range(times - 1):
+            with tf.control_dependencies(tf.nest.flatten(out)):
+                out = fn(tf.identity(x))
+        return out
+    return run
 
 
 def compile_for(runtime: str, fn, inputs):
@@ -80,6 +93,21 @@ def time_callable(run, runs: int = 5, warmup: int = 2, min_total_ms: float = 50.
         run()
         timings.append((time.perf_counter() - start) * 1e3)
     return float(np.median(timings))
+
+
+def interleaved_medians(runners, runs: int = 10, warmup: int = 3):
+    """Median ms per zero-argument runner, timed round-robin (one call each per round), so a
+    busy spell of a shared machine slows every runner alike instead of a few."""
+    for run in runners:
+        for _ in range(max(1, warmup)):
+            run()
+    timings = [[] for _ in runners]
+    for _ in range(max(1, runs)):
+        for run, times in zip(runners, timings):
+            start = time.perf_counter()
+            run()
+            times.append((time.perf_counter() - start) * 1e3)
+    return [float(np.median(t)) for t in timings]
 
 
 def _block(outputs):
