@@ -73,6 +73,8 @@ class TeacherConfig:
     branch_selection: str = "acc_lat"     # acc_lat | strides_8_32 | strides_16_32
     latency_table: Optional[str] = None   # measured table (JSON); measured & cached when missing
     reference_latency_table: Optional[str] = None  # FasterSeg's 1080Ti table, for comparison
+    latency_runtime: str = "tf"           # tf | xla | tflite: how this device's table is timed
+    latency_compat: str = "faithful"      # faithful | fasterseg (its conv_2x_downup key slip)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -273,6 +275,12 @@ def validate(config: Config) -> Config:
                           "expected 8 or 16")
     if config.teacher.layers < 3:
         raise ConfigError(f"--layers={config.teacher.layers}: need at least 3 cells")
+    if config.teacher.latency_runtime not in ("tf", "xla", "tflite"):
+        raise ConfigError(f"--latency_runtime={config.teacher.latency_runtime!r}: expected tf, "
+                          "xla or tflite")
+    if config.teacher.latency_compat not in ("faithful", "fasterseg"):
+        raise ConfigError(f"--latency_compat={config.teacher.latency_compat!r}: expected "
+                          "faithful or fasterseg")
     if config.eval.mode not in ("whole", "sliding"):
         raise ConfigError(f"--eval_mode={config.eval.mode!r}: expected whole or sliding")
     for flag, value, bounds in _ranges(config):

@@ -255,9 +255,7 @@ def _run_search(config) -> SearchResult:
 def _print_result(result: SearchResult, config):
     from lbt_tf.models.fasterseg import describe, latency as latency_lib
     print("\n=== found architecture ===")
-    table_path = latency_lib.default_table_path(config)
-    table = (latency_lib.LatencyTable.load(table_path, measure_missing=True, runs=3, warmup=1)
-             if os.path.exists(table_path) else None)
+    table = latency_lib.table_for_config(config, measure=False)[0]   # as --mode=measure_latency
     for line in describe.describe_lines(result.architecture, config, table):
         print(line)
     print(f"architecture JSON: {result.arch_path}")
