@@ -95,12 +95,20 @@ class ArchitectureLog(keras.callbacks.Callback):
         values = {v.name: np.asarray(v.numpy()).tolist()  # name: stable across builds
                   for v in model.teacher_learner.arch_variables}
         self.history.append({"epoch": epoch + 1, "arch_values": values})
-        with open(os.path.join(self.run_dir, "arch", "arch_history.json"), "w") as f:
-            json.dump(self.history, f)
+        write_json_atomically(os.path.join(self.run_dir, "arch", "arch_history.json"),
+                              self.history, indent=None)
 
     def on_train_end(self, logs=None):
         if self.history:
             plot_arch_history(self.history, os.path.join(self.run_dir, "arch_evolution.png"))
+
+
+def write_json_atomically(path: str, value, indent=1):
+    """A kill leaves the old file or the new one, never half of one."""
+    partial = path + ".partial"
+    with open(partial, "w") as f:
+        json.dump(value, f, indent=indent)
+    os.replace(partial, path)
 
 
 def plot_arch_history(history: List[Dict], path: str):
