@@ -18,8 +18,6 @@ from lbt_tf.retrain import evaluate, export, network as network_lib, predict
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "data"))
 from fake_cityscapes import HEIGHT, WIDTH, write_example  # noqa: E402
 
-from .conftest import make_tiny_config  # noqa: E402
-
 
 def _fake_cityscapes(root):
     """Train 4, val 3 (two cities), test 1 image; labels with every raw id 0..33."""
@@ -40,11 +38,11 @@ def _official_miou(predictions_dir, root):
     return scorer.evaluateImgLists(predicted, ground_truth, args)["averageScoreClasses"]
 
 
-def test_official_scorer_agrees_with_evaluate(tmp_path):
+def test_official_scorer_agrees_with_evaluate(tiny_config, tmp_path):
     root = str(tmp_path / "cityscapes")
     _fake_cityscapes(root)
     config = config_lib.replace(
-        make_tiny_config(tmp_path), **{
+        tiny_config, **{
             "data.source": "cityscapes", "data.data_dir": root, "data.image_height": HEIGHT,
             "data.image_width": WIDTH, "eval.compare_student": False, "eval.grid_images": 0,
             "export.tflite": False})
