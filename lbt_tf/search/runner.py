@@ -19,12 +19,13 @@ import keras
 import tensorflow as tf
 from absl import logging
 
+from lbt_tf import names
 from lbt_tf import run_record
 from lbt_tf.errors import DataError
+from lbt_tf.models.fasterseg import build_supernet, derive_architecture, save_architecture
 from lbt_tf.search import callbacks as search_callbacks
 from lbt_tf.search.lbt_model import LBTSearch
 
-TRAIN_SOURCES = ("teacher_train", "teacher_val", "student_train", "student_val", "unlabeled")
 STATE_FILE = "search_state.json"
 # What a search writes in its run_dir (removed by --overwrite).
 OUTPUTS = ("checkpoints", STATE_FILE, "arch", "arch.json", "arch_evolution.png", "tensorboard")
@@ -59,12 +60,12 @@ def make_search_input(config, mode: str, seed: int):
 
     d = config.data
     splits = make_splits(d, config.seed)
-    names = TRAIN_SOURCES if mode != "fasterseg" else TRAIN_SOURCES[:2]
-    if "unlabeled" in names and len(splits.unlabeled) < d.batch_size:
+    sources = names.SEARCH_SOURCES if mode != "fasterseg" else names.TEACHER_SOURCES
+    if "unlabeled" in sources and len(splits.unlabeled) < d.batch_size:
         raise DataError(f"D_u has {len(splits.unlabeled)} images, fewer than --batch_size="
                         f"{d.batch_size}; raise --pseudo_label_ratio or add unlabeled images")
     datasets = {}
-    for offset, name in enumerate(names):
+    for offset, name in enumerate(sources):
         source = getattr(splits, name)
         if name == "unlabeled":
             datasets[name] = make_unlabeled_dataset(d, source, seed=seed + offset, repeat=True)
@@ -86,21 +87,9 @@ def _to_crop_size(images, labels, height, width):
     return tf.ensure_shape(images, (None, height, width, 3)), tf.cast(labels, tf.int32)
 
 
-def import_builders():
-    """(build_supernet, derive_architecture, save_architecture) of lbt_tf.models.fasterseg."""
-    try:
-        from lbt_tf.models.fasterseg import build_supernet, derive_architecture, save_architecture
-    except ImportError:
-        from lbt_tf.models.fasterseg.genotype import derive_architecture, save_architecture
-        from lbt_tf.models.fasterseg.supernet import build_supernet
-    return build_supernet, derive_architecture, save_architecture
-
-
 def build_search_model(config, mode: Optional[str] = None):
     """Supernet, student (None for fasterseg) and the compiled LBTSearch (inside the current
     strategy scope)."""
-    build_supernet = import_builders()[0]
-
     mode = mode or config.search.mode
     d = config.data
     supernet = build_supernet(config)
@@ -108,18 +97,15 @@ def build_search_model(config, mode: Optional[str] = None):
     if mode != "fasterseg":
         from lbt_tf.models.deeplab import build_student_from_config
         student = build_student_from_config(config)  # crop-sized input, pretrained if set
-    latency_fn = None
-    if getattr(supernet, "latency_table", True) is None:
+    if supernet.latency_table is None:
         from lbt_tf.models.fasterseg.latency import table_for_config
         table, path = table_for_config(config)  # this device's table, measured once and cached
         logging.info("latency table: %s", path)
         supernet.set_latency_table(table)
-    if hasattr(supernet, "expected_latency"):
-        latency_fn = lambda arch: supernet.expected_latency(arch)  # noqa: E731
     # FasterSeg's teacher (arch_0: full width only) searches without the latency term.
     latency_weight = config.search.latency_weight if config.teacher.search_widths else 0.0
     model = LBTSearch(supernet, student, config.search, ignore_label=d.ignore_label,
-                      num_classes=d.num_classes, latency_fn=latency_fn,
+                      num_classes=d.num_classes, latency_fn=supernet.expected_latency,
                       latency_weight=latency_weight, mode=mode)
     model.compile()
     return model
@@ -135,7 +121,7 @@ def divergence_guard(model, cfg):
     return search_callbacks.DivergenceGuard(
         flags, skips_fn=lambda: int(model.skipped_steps.numpy()),
         arch_values_fn=lambda: {v.name: v.numpy() for v in model.teacher_learner.arch_variables},
-        arch_active_fn=lambda: model.phase == "search", arch_flag=("arch_lr", cfg.arch_lr))
+        arch_active_fn=lambda: model.phase == names.PHASES[1], arch_flag=("arch_lr", cfg.arch_lr))
 
 
 def model_variables(model):
@@ -172,7 +158,7 @@ def _to_python(logs):
 
 
 @contextlib.contextmanager
-def _fast_graph_compilation():
+def fast_graph_compilation():
     """Grappler's meta-optimizer spends ~4x the step time of a whole CPU demo on the large
     second-order graph of the unrolled step (measured: first call 21 s -> 5 s, step time not
     worse); it is switched off for the search only and restored afterwards."""
@@ -187,12 +173,11 @@ def _fast_graph_compilation():
 
 def run_search(config) -> SearchResult:
     """Warm-up (A frozen) then search, resumable; prints the architecture and the mIoUs."""
-    with _fast_graph_compilation():
+    with fast_graph_compilation():
         return _run_search(config)
 
 
 def _run_search(config) -> SearchResult:
-    _, derive_architecture, save_architecture = import_builders()
     cfg = config.search
     run_dir = config.run_dir
     plan = run_record.check(config, "search", run_dir, OUTPUTS)  # refuses before any work
@@ -246,6 +231,7 @@ def _run_search(config) -> SearchResult:
         fallback,
         arch_log,
         search_callbacks.CheckpointEveryEpoch(manager, epoch_variable, save_state),
+        search_callbacks.PhaseProgbar(),
     ]
     if importlib.util.find_spec("tensorboard") is not None:
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"),
