@@ -121,7 +121,8 @@ def divergence_guard(model, cfg):
     return search_callbacks.DivergenceGuard(
         flags, skips_fn=lambda: int(model.skipped_steps.numpy()),
         arch_values_fn=lambda: {v.name: v.numpy() for v in model.teacher_learner.arch_variables},
-        arch_active_fn=lambda: model.phase == names.PHASES[1], arch_flag=("arch_lr", cfg.arch_lr))
+        arch_active_fn=lambda: model.phase == names.PHASES[1],
+        arch_flag=("arch_lr", cfg.arch_lr))
 
 
 def model_variables(model):
