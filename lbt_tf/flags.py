@@ -223,7 +223,7 @@ def eval_fraction(text):
 
 def flag_name(section, field) -> str:
     """The flag of a Config field (section None: top level)."""
-    for flag, (flag_section, flag_field, _) in _FLAG_TABLE.items():
+    for flag, (flag_section, flag_field, _) in FLAG_TABLE.items():
         if (flag_section, flag_field) == (section, field):
             return flag
     return f"{section}.{field}" if section else field

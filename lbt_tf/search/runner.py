@@ -2,7 +2,8 @@
 
 Outputs under `config.run_dir`: `tensorboard/` (losses of both learners, val mIoU of teacher and
 student, expected latency, skipped steps), `arch/arch_epoch_NNN.json` (derived after every
-epoch), `arch.json` (the found architecture, written when the run ends without diverging), `arch_evolution.png`, `checkpoints/` (`tf.train.CheckpointManager`, one per epoch) and
+epoch), `arch.json` (the found architecture, written when the run ends without diverging),
+`arch_evolution.png`, `checkpoints/` (`tf.train.CheckpointManager`, one per epoch) and
 `search_state.json` (history, mode after a fallback). A rerun of the same config continues from
 the last checkpoint; another config in the same --run_dir is refused (lbt_tf.run_record).
 """
