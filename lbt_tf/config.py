@@ -15,6 +15,9 @@ from lbt_tf.errors import LbtError
 from lbt_tf.models.fasterseg.space import WIDTH_MULT_LIST
 
 
+PREDICTION_FORMATS = ("color", "cityscapes")
+
+
 class ConfigError(LbtError, ValueError):
     """A flag or config value is invalid; the message names the flag."""
 
@@ -159,6 +162,8 @@ class ExportConfig:
     serving_probabilities: bool = True    # serving signature also returns softmax probabilities
     input: Optional[str] = None           # predict: image or folder
     output: Optional[str] = None          # predict: output folder
+    # predict: color (palette PNG + overlay) | cityscapes (label-id PNGs for the official scorer)
+    prediction_format: str = "color"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,6 +189,7 @@ class Config:
     run_dir: str = "runs/demo"
     seed: int = 0
     resume: bool = False
+    overwrite: bool = False               # replace a run of another config in run_dir
     data: DataConfig = DataConfig()
     teacher: TeacherConfig = TeacherConfig()
     student: StudentConfig = StudentConfig()
@@ -283,6 +289,9 @@ def validate(config: Config) -> Config:
                           "faithful or fasterseg")
     if config.eval.mode not in ("whole", "sliding"):
         raise ConfigError(f"--eval_mode={config.eval.mode!r}: expected whole or sliding")
+    if config.export.prediction_format not in PREDICTION_FORMATS:
+        raise ConfigError(f"--prediction_format={config.export.prediction_format!r}: expected "
+                          f"one of {', '.join(PREDICTION_FORMATS)}")
     for flag, value, bounds in _ranges(config):
         check_range(flag, value, bounds)
     if s.latency_target_max_ms and s.latency_target_max_ms < s.latency_target_min_ms:

@@ -97,12 +97,20 @@ class ArchitectureLog(keras.callbacks.Callback):
         values = {v.name: np.asarray(v.numpy()).tolist()  # name: stable across builds
                   for v in model.teacher_learner.arch_variables}
         self.history.append({"epoch": epoch + 1, "arch_values": values})
-        with open(os.path.join(self.run_dir, "arch", "arch_history.json"), "w") as f:
-            json.dump(self.history, f)
+        write_json_atomically(os.path.join(self.run_dir, "arch", "arch_history.json"),
+                              self.history, indent=None)
 
     def on_train_end(self, logs=None):
         if self.history:
             plot_arch_history(self.history, os.path.join(self.run_dir, "arch_evolution.png"))
+
+
+def write_json_atomically(path: str, value, indent=1):
+    """A kill leaves the old file or the new one, never half of one."""
+    partial = path + ".partial"
+    with open(partial, "w") as f:
+        json.dump(value, f, indent=indent)
+    os.replace(partial, path)
 
 
 def plot_arch_history(history: List[Dict], path: str):
@@ -153,22 +161,6 @@ class CheckpointEveryEpoch(keras.callbacks.Callback):
             self.extra_state_fn(epoch + 1, logs or {})
         path = self.manager.save(checkpoint_number=epoch + 1)
         logging.info("checkpoint %s", path)
-
-
-class PhaseProgbar(keras.callbacks.ProgbarLogger):
-    """Keras' progress line showing only the logs the current phase updates
-    (`LBTSearch.progress_keys`) and the val metrics; the other callbacks (TensorBoard, the
-    history) still get every log."""
-
-    def _shown(self, logs):
-        keys = self.model.progress_keys()
-        return {k: v for k, v in (logs or {}).items() if k in keys or k.startswith("val_")}
-
-    def on_train_batch_end(self, batch, logs=None):
-        super().on_train_batch_end(batch, self._shown(logs))
-
-    def on_epoch_end(self, epoch, logs=None):
-        super().on_epoch_end(epoch, self._shown(logs))
 
 
 class DivergenceError(LbtError):
@@ -274,3 +266,19 @@ class DivergenceGuard(keras.callbacks.Callback):
                                   f"architecture step(s) (max |logit| "
                                   f"{np.nanmax(np.abs(logits)):.3g}; its gradient vanishes)",
                            self.arch_flag)
+
+
+class PhaseProgbar(keras.callbacks.ProgbarLogger):
+    """Keras' progress line showing only the logs the current phase updates
+    (`LBTSearch.progress_keys`) and the val metrics; the other callbacks (TensorBoard, the
+    history) still get every log."""
+
+    def _shown(self, logs):
+        keys = self.model.progress_keys()
+        return {k: v for k, v in (logs or {}).items() if k in keys or k.startswith("val_")}
+
+    def on_train_batch_end(self, batch, logs=None):
+        super().on_train_batch_end(batch, self._shown(logs))
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, self._shown(logs))

@@ -2,8 +2,10 @@
 
 Outputs under `config.run_dir`: `tensorboard/` (losses of both learners, val mIoU of teacher and
 student, expected latency, skipped steps), `arch/arch_epoch_NNN.json` (derived after every
-epoch), `arch.json` (the found architecture, written when the run ends without diverging), `arch_evolution.png`, `checkpoints/` (`tf.train.CheckpointManager`, one per epoch;
-`--resume` continues from the last one) and `search_state.json` (history, mode after a fallback).
+epoch), `arch.json` (the found architecture, written when the run ends without diverging),
+`arch_evolution.png`, `checkpoints/` (`tf.train.CheckpointManager`, one per epoch) and
+`search_state.json` (history, mode after a fallback). A rerun of the same config continues from
+the last checkpoint; another config in the same --run_dir is refused (lbt_tf.run_record).
 """
 from __future__ import annotations
 
@@ -19,12 +21,15 @@ import tensorflow as tf
 from absl import logging
 
 from lbt_tf import names
+from lbt_tf import run_record
 from lbt_tf.errors import DataError
 from lbt_tf.models.fasterseg import build_supernet, derive_architecture, save_architecture
 from lbt_tf.search import callbacks as search_callbacks
 from lbt_tf.search.lbt_model import LBTSearch
 
 STATE_FILE = "search_state.json"
+# What a search writes in its run_dir (removed by --overwrite).
+OUTPUTS = ("checkpoints", STATE_FILE, "arch", "arch.json", "arch_evolution.png", "tensorboard")
 
 
 @dataclasses.dataclass
@@ -117,17 +122,28 @@ def divergence_guard(model, cfg):
     return search_callbacks.DivergenceGuard(
         flags, skips_fn=lambda: int(model.skipped_steps.numpy()),
         arch_values_fn=lambda: {v.name: v.numpy() for v in model.teacher_learner.arch_variables},
-        arch_active_fn=lambda: model.phase == "search", arch_flag=("arch_lr", cfg.arch_lr))
+        arch_active_fn=lambda: model.phase == names.PHASES[1],
+        arch_flag=("arch_lr", cfg.arch_lr))
+
+
+def model_variables(model):
+    """Every variable of a Keras model as a list: weights, architecture, BatchNorm statistics
+    and `keras.random.SeedGenerator` states (Gumbel width sampling, dropout). Named in the
+    checkpoint explicitly: a tf.train.Checkpoint of these Keras 3 models saves only what the
+    optimizers reference (the trainable weights), not the statistics or RNG states."""
+    return [v.value for v in model.variables]
 
 
 def _checkpoint(model, epoch_variable):
-    items = dict(supernet=model.supernet, teacher_optimizer=model.teacher_optimizer,
+    items = dict(supernet=model_variables(model.supernet),
+                 teacher_optimizer=model.teacher_optimizer,
                  arch_optimizer=model.arch_optimizer, epoch=epoch_variable,
                  latency_weight=model.latency_weight.value,
                  skipped_steps=model.skipped_steps.value,
                  consecutive_skips=model.consecutive_skips.value)
     if model.student is not None:
-        items.update(student=model.student, student_optimizer=model.student_optimizer)
+        items.update(student=model_variables(model.student),
+                     student_optimizer=model.student_optimizer)
     return tf.train.Checkpoint(**items)
 
 
@@ -166,13 +182,17 @@ def run_search(config) -> SearchResult:
 def _run_search(config) -> SearchResult:
     cfg = config.search
     run_dir = config.run_dir
-    os.makedirs(run_dir, exist_ok=True)
-    keras.utils.set_random_seed(config.seed)
-    strategy = make_strategy(cfg)
-    state = _load_state(run_dir) if config.resume else {}
+    plan = run_record.check(config, "search", run_dir, OUTPUTS)  # refuses before any work
+    state = _load_state(run_dir) if plan.resume else {}
     mode = state.get("mode", cfg.mode)
     # The data (every file listed and checked) before any model is built or table measured.
     train, val, steps = make_search_input(config, mode, seed=config.seed)
+    os.makedirs(run_dir, exist_ok=True)
+    resume = plan.apply()
+    if config.data.deterministic:  # with the seeded data: the same run, resumed or not
+        tf.config.experimental.enable_op_determinism()
+    keras.utils.set_random_seed(config.seed)
+    strategy = make_strategy(cfg)
     with strategy.scope():
         model = build_search_model(config, mode)
         epoch_variable = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
@@ -180,7 +200,7 @@ def _run_search(config) -> SearchResult:
     checkpoint_dir = os.path.join(run_dir, "checkpoints")
     manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=2)
     initial_epoch = 0
-    if config.resume and manager.latest_checkpoint:
+    if resume and manager.latest_checkpoint:
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         initial_epoch = int(epoch_variable.numpy())
         print(f"search: resumed from {manager.latest_checkpoint} at epoch {initial_epoch} "
@@ -189,10 +209,10 @@ def _run_search(config) -> SearchResult:
     arch_history = [h for h in state.get("arch_history", []) if h["epoch"] <= initial_epoch]
     total_epochs = cfg.warmup_epochs + cfg.epochs
 
-    # Different (deterministic) batches after a resume instead of replaying epoch 0's.
-    if initial_epoch:
-        train, val, steps = make_search_input(config, mode,
-                                              seed=config.seed + 1000 * initial_epoch)
+    # The data where the checkpointed run left it: the pipeline is a function of the seed and
+    # the element index (seeded shuffles, stateless augmentation), so skipping the batches of
+    # the finished epochs puts it where the uninterrupted run's iterator is.
+    train = train.skip(initial_epoch * steps)
     latency_fn = model.problem.latency_fn
     arch_log = search_callbacks.ArchitectureLog(
         run_dir, lambda: derive_architecture(model.supernet, config.teacher), save_architecture,
@@ -203,9 +223,9 @@ def _run_search(config) -> SearchResult:
         entry = dict(_to_python(logs), epoch=epoch, mode=model.mode,
                      skipped_steps=int(model.skipped_steps.numpy()))
         history.append(entry)
-        with open(os.path.join(run_dir, STATE_FILE), "w") as f:
-            json.dump({"mode": model.mode, "history": history, "arch_history": arch_log.history},
-                      f, indent=1)
+        search_callbacks.write_json_atomically(
+            os.path.join(run_dir, STATE_FILE),
+            {"mode": model.mode, "history": history, "arch_history": arch_log.history})
 
     callbacks = [
         divergence_guard(model, cfg),  # first: a diverged epoch saves nothing

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lbt_tf import config as config_lib
+from lbt_tf.errors import LbtError
 from lbt_tf.search import runner
 from lbt_tf.search.callbacks import DivergenceError, DivergenceGuard
 from tests.search.test_runner import builders, tiny_search_config  # noqa: F401 (fixture)
@@ -65,6 +65,7 @@ def test_saturating_arch_softmax_stops_the_search(tmp_path, builders):  # noqa: 
     config = tiny_search_config(tmp_path, "lpt", **{"search.arch_lr": 1e3})
     with pytest.raises(DivergenceError) as raised:
         runner.run_search(config)
+    assert isinstance(raised.value, LbtError)  # main: one line, exit 2
     message = str(raised.value)
     assert "softmax of" in message and "--arch_lr=1000" in message, message
     assert "epoch 2 step 1" in message
