@@ -18,7 +18,9 @@ import contextlib
 import dataclasses
 import fcntl
 import os
+import platform
 import statistics
+import time
 from typing import Dict, List, Optional, Sequence
 
 from lbt_tf import config as config_lib
@@ -219,6 +221,7 @@ def run_search_quality(config, options: QualityOptions) -> Dict[str, str]:
     if unknown or not options.methods or not options.seeds:
         raise ConfigError(f"search quality: methods {list(options.methods)} must be a non-empty "
                           f"subset of {compare.SEARCH_MODES}, seeds non-empty")
+    started = time.time()
     out_dir = config.run_dir
     lock = FileLock(options.lock_path) if options.lock_path else contextlib.nullcontext()
     d = config.data
@@ -274,7 +277,8 @@ def run_search_quality(config, options: QualityOptions) -> Dict[str, str]:
             "random": f"{len(random_latency)} kept of {len(pool)} sampled (seed {config.seed}) "
                       f"within ±{options.tolerance:.0%} of the found archs' median predicted "
                       f"latency {reference:.2f} ms",
-            "latency_table": table_path}
+            "latency_table": table_path,
+            "machine": f"{os.cpu_count()} CPU cores, {platform.machine()}, {platform.system()}"}
     if options.target_row and random_latency:
         target = statistics.median(random_latency)
         run_dir = os.path.join(out_dir, "target")
@@ -291,6 +295,8 @@ def run_search_quality(config, options: QualityOptions) -> Dict[str, str]:
                                   f"{row['predicted_latency_ms']:.2f} ms predicted ({error:+.0%}),"
                                   f" {row['measured_latency_ms']:.2f} ms measured")
     stability_rows = method_stability(histories, config.search.epochs)
+    meta["wall time of this invocation"] = f"{(time.time() - started) / 60:.1f} min " \
+        "(a resumed run counts only what it ran)"
     paths = write_report(out_dir, runs, stability_rows, meta)
     with open(paths["md"]) as f:
         print(f.read())

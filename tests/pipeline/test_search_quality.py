@@ -60,3 +60,61 @@ def test_report_writer(tmp_path):
     saved = json.load(open(paths["json"]))
     assert {row["method"]: row["runs"] for row in saved["summary"]} == {"lbt": 2, "random": 3}
     assert os.path.getsize(paths["png"]) > 1000
+
+
+class MacTable:
+    """A latency table whose cost of an op is its multiply count (no timing)."""
+
+    def get(self, spec):
+        return 1e-6 * spec.cin * spec.cout * spec.height * spec.width * spec.kernel
+
+
+def test_run_search_quality_with_stand_in_stages(tmp_path, monkeypatch):
+    """Orchestration with the search/retrain stages replaced by stand-ins (the real stages have
+    their own tests): random archs come from the latency band, the target row is searched
+    with the random median as target, and a rerun retrains nothing."""
+    from lbt_tf.experiments import compare
+    from lbt_tf.models.fasterseg import genotype, latency, sampling
+    from tests.fasterseg.conftest import tiny_config
+    config = tiny_config(**{"teacher.layers": 6, "run_dir": str(tmp_path),
+                            "search.warmup_epochs": 1, "search.epochs": 4})
+    calls = []
+
+    def compare_method(cfg, mode, method_dir, lock=None):
+        calls.append(("search", mode, cfg.seed, cfg.search.latency_target_max_ms))
+        arch = sampling.sample_architectures(cfg.teacher, 1, seed=cfg.seed + 7)[0]
+        arch_path = os.path.join(method_dir, "search", "arch.json")
+        genotype.save_architecture(arch, arch_path)
+        history = [snapshot(e, [cfg.seed % 5] * 4, [0, 1]) for e in range(1, 6)]
+        with open(os.path.join(method_dir, "search", "search_state.json"), "w") as f:
+            json.dump({"arch_history": history}, f)
+        return {"arch_path": arch_path, "retrained_miou": 0.5, "measured_latency_ms": 3.0,
+                "teacher_val_miou": 0.2, "final_mode": mode}
+
+    def retrain_and_evaluate(cfg, arch_path, retrain_dir, lock=None):
+        calls.append(("retrain", arch_path))
+        return {"retrained_miou": 0.4, "measured_latency_ms": 3.1, "params": 10}
+
+    monkeypatch.setattr(compare, "compare_method", compare_method)
+    monkeypatch.setattr(compare, "retrain_and_evaluate", retrain_and_evaluate)
+    monkeypatch.setattr(latency, "table_for_config", lambda cfg: (MacTable(), "table.json"))
+    options = search_quality.QualityOptions(methods=("lpt", "lbt"), seeds=(0, 1),
+                                            random_archs=3, random_pool=24)
+    paths = search_quality.run_search_quality(config, options)
+    report = json.load(open(paths["json"]))
+    runs = report["runs"]
+    found = [r["predicted_latency_ms"] for r in runs if r["method"] in ("lpt", "lbt")]
+    reference = sorted(found)[1:3]
+    reference = (reference[0] + reference[1]) / 2                 # median of 4
+    randoms = [r for r in runs if r["method"] == "random"]
+    assert len(randoms) == 3
+    assert all(abs(r["predicted_latency_ms"] / reference - 1) <= 0.15 for r in randoms)
+    target = [r for r in runs if r["method"] == search_quality.TARGET][0]
+    median_random = sorted(r["predicted_latency_ms"] for r in randoms)[1]
+    assert target["target_latency_ms"] == pytest.approx(median_random)
+    assert calls[-1] == ("search", "lbt", 0, pytest.approx(1.05 * median_random))
+    assert [row["method"] for row in report["stability"]] == ["lpt", "lbt"]
+    assert report["stability"][0]["alpha_seed_agreement"] == 0.0   # seeds 0, 1 differ
+    retrains = len([c for c in calls if c[0] == "retrain"])
+    search_quality.run_search_quality(config, options)
+    assert len([c for c in calls if c[0] == "retrain"]) == retrains   # resumed from files
