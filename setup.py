@@ -24,6 +24,8 @@ setup(
         "tensorboard>=2.21,<2.22",
         "numpy>=1.26,<3",
         "scipy>=1.11,<2",
+        # The TFLite interpreter (tf.lite.Interpreter is deprecated in favour of LiteRT).
+        "ai-edge-litert>=2.3,<3; platform_machine=='x86_64' or platform_machine=='aarch64'",
     ],
     extras_require={"test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "pytest-timeout>=2.3,<3"]},
     entry_points={"console_scripts": ["lbt-tf=lbt_tf.main:run"]},

@@ -13,7 +13,7 @@ from scipy import stats
 
 from lbt_tf import flags as lbt_flags
 from lbt_tf.models.fasterseg import build_derived_network, derive_architecture, latency
-from lbt_tf.models.fasterseg.supernet import arch_variable_shapes, searched_widths
+from lbt_tf.models.fasterseg.space import arch_variable_shapes, searched_widths
 
 flags.DEFINE_integer("bench_networks", 10, "Random derived networks to time.")
 

@@ -40,7 +40,7 @@ def measure(config, steps):
 
     from lbt_tf.search import runner
 
-    with runner._fast_graph_compilation():
+    with runner.fast_graph_compilation():
         model = runner.build_search_model(config)
         model.set_phase("search")
         train, _, _ = runner.make_search_input(config, config.search.mode, config.seed)

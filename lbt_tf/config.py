@@ -10,10 +10,9 @@ import dataclasses
 import json
 from typing import Optional, Tuple
 
+from lbt_tf import names
 from lbt_tf.errors import LbtError
-
-# FasterSeg's expansion ratios of a cell's width (search/model_search.py: width_mult_list).
-FASTERSEG_WIDTH_MULT_LIST = (4.0 / 12, 6.0 / 12, 8.0 / 12, 10.0 / 12, 1.0)
+from lbt_tf.models.fasterseg.space import WIDTH_MULT_LIST
 
 
 class ConfigError(LbtError, ValueError):
@@ -66,7 +65,7 @@ class TeacherConfig:
     """FasterSeg supernet (search) / derived network (retrain)."""
     layers: int = 16
     base_width: int = 12                  # FasterSeg's Fch
-    width_mult_list: Tuple[float, ...] = FASTERSEG_WIDTH_MULT_LIST
+    width_mult_list: Tuple[float, ...] = WIDTH_MULT_LIST
     search_widths: bool = True            # False: teacher at full width only (FasterSeg arch_0)
     stem_head_width: Tuple[float, float] = (1.0, 1.0)
     gumbel_temperature: float = 1.0
@@ -115,6 +114,7 @@ class SearchConfig:
     pseudo_labels: str = "soft"           # soft | hard (for the real student step)
     finite_difference_scale: float = 0.01
     reuse_step_gradients: bool = True     # lbt: weight steps reuse the arch step's gradients
+    arch_signal_every: int = 1            # lbt: split ||grad_A|| into its terms every N arch steps
     max_skipped_steps: int = 5            # in a row, then lbt falls back to lpt
     log_every: int = 10
     distribute: bool = False              # MirroredStrategy over the available devices
@@ -168,7 +168,7 @@ class PipelineConfig:
     pipeline_yaml: Optional[str] = None
     # Container image with lbt_tf installed that every component runs in on Kubeflow / Vertex.
     component_image: str = "lbt-tf:latest"
-    compare_modes: Tuple[str, ...] = ("fasterseg", "lpt", "lbt")
+    compare_modes: Tuple[str, ...] = names.SEARCH_MODES
     tuner_algorithm: str = "grid"          # grid | bayesian (keras-tuner oracles)
     tuner_max_trials: int = 6
     tuner_ratios: Tuple[float, ...] = (0.5, 1.0, 2.0)
@@ -248,8 +248,6 @@ def validate(config: Config) -> Config:
     if not 0 < d.scale_min <= d.scale_max:
         raise ConfigError(f"--scale_min={d.scale_min} / --scale_max={d.scale_max}: need "
                           "0 < scale_min <= scale_max")
-    if d.pseudo_label_ratio < 0:
-        raise ConfigError(f"--pseudo_label_ratio must be >= 0, got {d.pseudo_label_ratio}")
     if d.source not in ("synthetic", "cityscapes", "tfds_cityscapes"):
         raise ConfigError(f"--data_source={d.source!r}: expected synthetic, cityscapes or "
                           "tfds_cityscapes")
@@ -265,14 +263,11 @@ def validate(config: Config) -> Config:
     if d.unlabeled_source == "folder" and not d.unlabeled_dir:
         raise ConfigError("--unlabeled_source=folder needs --unlabeled_dir")
     s = config.search
-    if s.mode not in ("fasterseg", "lpt", "lbt"):
-        raise ConfigError(f"--search_mode={s.mode!r}: expected fasterseg, lpt or lbt")
-    if s.hypergrad not in ("exact", "finite_difference"):
-        raise ConfigError(f"--hypergrad={s.hypergrad!r}: expected exact or finite_difference")
-    if s.pseudo_labels not in ("soft", "hard"):
-        raise ConfigError(f"--pseudo_labels={s.pseudo_labels!r}: expected soft or hard")
-    if s.epochs < 0 or s.warmup_epochs < 0:
-        raise ConfigError("--search_epochs and --warmup_epochs must be >= 0")
+    for flag, value, allowed in (("search_mode", s.mode, names.SEARCH_MODES),
+                                 ("hypergrad", s.hypergrad, names.HYPERGRADS),
+                                 ("pseudo_labels", s.pseudo_labels, names.PSEUDO_LABELS)):
+        if value not in allowed:
+            raise ConfigError(f"--{flag}={value!r}: expected one of {', '.join(allowed)}")
     if config.student.output_stride not in (8, 16):
         raise ConfigError(f"--student_output_stride={config.student.output_stride}: "
                           "expected 8 or 16")
@@ -280,4 +275,116 @@ def validate(config: Config) -> Config:
         raise ConfigError(f"--layers={config.teacher.layers}: need at least 3 cells")
     if config.eval.mode not in ("whole", "sliding"):
         raise ConfigError(f"--eval_mode={config.eval.mode!r}: expected whole or sliding")
+    for flag, value, bounds in _ranges(config):
+        check_range(flag, value, bounds)
+    if s.latency_target_max_ms and s.latency_target_max_ms < s.latency_target_min_ms:
+        raise ConfigError(f"--latency_target_max_ms={s.latency_target_max_ms} is below "
+                          f"--latency_target_min_ms={s.latency_target_min_ms}")
+    return config
+
+
+# Allowed ranges of the numeric flags: (low, high), "(" / ")" meaning open ends. The bounds
+# reject what is certainly a typo (negative rates, --arch_lr=1e6): FasterSeg uses lr 0.01-0.02
+# (SGD) and 3e-4 (Adam on A); SGD above 1 or Adam above 0.1 on logits diverges at once.
+POSITIVE, NON_NEGATIVE, UNIT_HALF = "(0, inf)", "[0, inf)", "[0, 1)"
+WEIGHT_LR, ARCH_LR, DECAY, LOSS_WEIGHT = "(0, 1]", "(0, 0.1]", "[0, 0.1]", "[0, 100]"
+EPOCHS, STEPS = "[0, 100000]", "[1, 10000000]"
+
+
+def _ranges(config):
+    """(flag, value, range) of every range-checked numeric flag."""
+    d, t, s, r, e, x = (config.data, config.teacher, config.search, config.train, config.eval,
+                        config.export)
+    optional_steps = [(flag, value, STEPS) for flag, value in (
+        ("search_steps_per_epoch", s.steps_per_epoch),
+        ("train_steps_per_epoch", r.steps_per_epoch)) if value is not None]
+    return [
+        ("teacher_lr", s.teacher_lr, WEIGHT_LR), ("student_lr", s.student_lr, WEIGHT_LR),
+        ("train_lr", r.lr, WEIGHT_LR), ("arch_lr", s.arch_lr, ARCH_LR),
+        ("lr_decay", s.lr_decay, "(0, 1]"), ("momentum", s.momentum, UNIT_HALF),
+        ("weight_decay", s.weight_decay, DECAY), ("arch_weight_decay", s.arch_weight_decay, DECAY),
+        ("weight_grad_clip", s.weight_grad_clip, POSITIVE),
+        ("arch_grad_clip", s.arch_grad_clip, POSITIVE),
+        ("arch_beta_1", s.arch_beta_1, UNIT_HALF), ("arch_beta_2", s.arch_beta_2, UNIT_HALF),
+        ("latency_weight", s.latency_weight, LOSS_WEIGHT),
+        ("latency_target_min_ms", s.latency_target_min_ms, NON_NEGATIVE),
+        ("latency_target_max_ms", s.latency_target_max_ms, NON_NEGATIVE),
+        ("pseudo_label_weight", s.pseudo_label_weight, LOSS_WEIGHT),
+        ("student_val_weight", s.student_val_weight, LOSS_WEIGHT),
+        ("search_student_aux_weight", s.student_aux_weight, LOSS_WEIGHT),
+        ("finite_difference_scale", s.finite_difference_scale, "(0, 1]"),
+        ("max_skipped_steps", s.max_skipped_steps, NON_NEGATIVE),
+        ("arch_signal_every", s.arch_signal_every, NON_NEGATIVE),
+        ("search_epochs", s.epochs, EPOCHS), ("warmup_epochs", s.warmup_epochs, EPOCHS),
+        ("train_epochs", r.epochs, "[1, 100000]"), ("train_lr_power", r.lr_power, "[0, 10]"),
+        ("aux_weight", r.aux_weight, LOSS_WEIGHT), ("distill_weight", r.distill_weight,
+                                                    LOSS_WEIGHT),
+        ("distill_temperature", r.distill_temperature, "(0, 100]"),
+        ("pseudo_label_ratio", d.pseudo_label_ratio, "[0, 100]"),
+        ("synthetic_train_size", d.synthetic_train_size, "[4, 1000000]"),
+        ("synthetic_val_size", d.synthetic_val_size, "[1, 1000000]"),
+        ("synthetic_test_size", d.synthetic_test_size, "[0, 1000000]"),
+        ("gumbel_temperature", t.gumbel_temperature, POSITIVE),
+        ("base_width", t.base_width, "[1, 1024]"),
+        ("latency_runs", e.latency_runs, "[1, 100000]"),
+        ("latency_warmup", e.latency_warmup, NON_NEGATIVE),
+        ("calibration_images", x.calibration_images, "[1, 100000]"),
+        ("tflite_eval_images", x.tflite_eval_images, NON_NEGATIVE),
+        *[("width_mult_list", w, "(0, 1]") for w in t.width_mult_list],
+        *[("stem_head_width", w, "(0, 1]") for w in t.stem_head_width],
+    ] + optional_steps
+
+
+def check_range(flag, value, bounds):
+    """Raises ConfigError "--flag=value: outside the allowed range [low, high]" (bounds as
+    "(0, 1]", parentheses for open ends); a NaN is outside every range."""
+    low, high = (float(part) for part in bounds[1:-1].split(","))
+    above = value > low if bounds[0] == "(" else value >= low
+    below = value < high if bounds[-1] == ")" else value <= high
+    if not (above and below):
+        raise ConfigError(f"--{flag}={value}: outside the allowed range {bounds}")
+
+
+# Modes that read the dataset (its root must exist before anything is built).
+DATA_MODES = ("demo", "sample_grid", "splits", "search", "train", "evaluate", "export",
+              "pipeline", "compare", "ratio_study")
+
+
+def check_inputs(config: Config) -> Config:
+    """Checks, in milliseconds, every input path the mode will read (before any model is built
+    or latency table measured); raises ConfigError naming the flag. Files inside the dataset are
+    checked by the data listing (`--validate_files`), which runs before the models are built."""
+    import os
+    d, mode = config.data, config.mode
+
+    def need(flag, path, kind="file"):
+        exists = os.path.isdir(path) if kind == "directory" else os.path.isfile(path)
+        if not exists:
+            raise ConfigError(f"--{flag}={path}: no such {kind}")
+
+    if mode in DATA_MODES:
+        if d.source == "cityscapes":
+            need("data_dir", d.data_dir, "directory")
+        if d.source == "tfds_cityscapes":
+            need("tfds_manual_dir", d.tfds_manual_dir, "directory")
+        if d.unlabeled_source == "folder" and mode != "evaluate":
+            need("unlabeled_dir", d.unlabeled_dir, "directory")
+    for flag, path in (("student_weights", config.student.pretrained_weights),
+                       ("reference_latency_table", config.teacher.reference_latency_table),
+                       ("arch", config.train.arch), ("distill_arch", config.train.distill_arch)):
+        if path:
+            need(flag, path)
+    if config.train.distill_weight > 0 and mode in ("train", "demo", "pipeline"):
+        if not config.train.distill_from:
+            raise ConfigError("--distill_weight > 0 needs --distill_from (teacher weights)")
+        need("distill_from", config.train.distill_from)
+    if mode == "train" and not config.train.arch:
+        raise ConfigError("--mode=train needs --arch (the architecture JSON to train)")
+    if mode == "describe_arch" and not config.train.arch:
+        raise ConfigError("--mode=describe_arch needs --arch (the architecture JSON)")
+    if mode == "predict":
+        if not config.export.input:
+            raise ConfigError("--mode=predict needs --input (an image file or a folder)")
+        if not os.path.exists(config.export.input):
+            raise ConfigError(f"--input={config.export.input}: no such file or folder")
     return config

@@ -21,3 +21,6 @@ class WeightsError(LbtError, ValueError):
 # Raised inside tf.data graphs (tf.debugging.Assert) where no Python exception can be; `main`
 # recognises this marker in a TF InvalidArgumentError and reports it like a DataError.
 LABEL_OUT_OF_TABLE_MESSAGE = "label ids outside the Cityscapes table in"
+# Same, for an image or label file whose bytes are not a whole PNG/JPEG (--validate_files=none).
+NOT_AN_IMAGE_MESSAGE = "not a whole PNG/JPEG file (truncated or corrupt):"
+GRAPH_DATA_MESSAGES = (LABEL_OUT_OF_TABLE_MESSAGE, NOT_AN_IMAGE_MESSAGE)

@@ -10,13 +10,14 @@ import dataclasses
 from absl import flags
 
 from lbt_tf import config as config_lib
+from lbt_tf import names
 
 MODES = ("demo", "sample_grid", "splits", "describe_arch", "measure_latency", "search",
          "train", "evaluate", "export", "predict", "pipeline", "compile_pipeline", "compare",
          "ratio_study")
 
 # flag name -> (section or None for top level, field name, help)
-_FLAG_TABLE = {
+FLAG_TABLE = {
     # top level
     "run_dir": (None, "run_dir", "Directory for every output of this run."),
     "seed": (None, "seed", "Global random seed (data order, init)."),
@@ -74,8 +75,8 @@ _FLAG_TABLE = {
     "student_weights": ("student", "pretrained_weights",
                         "Local ResNet50 ImageNet notop .h5 or a .weights.h5 of ours."),
     # search
-    "search_mode": ("search", "mode", "fasterseg | lpt | lbt."),
-    "hypergrad": ("search", "hypergrad", "exact | finite_difference (lbt only)."),
+    "search_mode": ("search", "mode", " | ".join(names.SEARCH_MODES) + "."),
+    "hypergrad": ("search", "hypergrad", " | ".join(names.HYPERGRADS) + " (lbt only)."),
     "search_epochs": ("search", "epochs", "Architecture-search epochs after warm-up."),
     "warmup_epochs": ("search", "warmup_epochs", "Epochs of weight training with A frozen."),
     "search_steps_per_epoch": ("search", "steps_per_epoch", "Steps per search epoch."),
@@ -100,7 +101,8 @@ _FLAG_TABLE = {
                             "Weight of the pseudo-label loss of the student."),
     "student_val_weight": ("search", "student_val_weight",
                            "Weight of the student's val loss in the arch objective."),
-    "pseudo_labels": ("search", "pseudo_labels", "soft | hard pseudo-labels in the real step."),
+    "pseudo_labels": ("search", "pseudo_labels",
+                      " | ".join(names.PSEUDO_LABELS) + " pseudo-labels in the real step."),
     "search_student_aux_weight": ("search", "student_aux_weight",
                                   "Weight of the student's auxiliary-head loss in the search."),
     "finite_difference_scale": ("search", "finite_difference_scale",
@@ -108,6 +110,9 @@ _FLAG_TABLE = {
     "reuse_step_gradients": ("search", "reuse_step_gradients",
                              "lbt: the real weight steps reuse the unrolled step's gradients "
                              "at (T, A_t) and P(T', A_t) instead of recomputing at A_t+1."),
+    "arch_signal_every": ("search", "arch_signal_every",
+                          "lbt: log ||grad_A|| split into teacher/student val terms every N arch "
+                          "steps (one more backward on those steps; 0: never)."),
     "max_skipped_steps": ("search", "max_skipped_steps",
                           "Non-finite steps in a row before lbt falls back to lpt."),
     "log_every": ("search", "log_every", "Steps between log lines."),
@@ -172,7 +177,7 @@ def _field_default(section, name):
 
 
 def _define_all():
-    for flag_name, (section, field, help_text) in _FLAG_TABLE.items():
+    for flag_name, (section, field, help_text) in FLAG_TABLE.items():
         default, type_name = _field_default(section, field)
         type_name = str(type_name)
         if isinstance(default, bool):
@@ -215,7 +220,7 @@ def build_config(flag_values=flags.FLAGS) -> config_lib.Config:
     """Turns parsed flags into the frozen, validated `Config`."""
     top = {"mode": flag_values.mode}
     sections = {}
-    for flag_name, (section, field, _) in _FLAG_TABLE.items():
+    for flag_name, (section, field, _) in FLAG_TABLE.items():
         default, _ = _field_default(section, field)
         value = _convert(flag_name, flag_values[flag_name].value, default)
         if section is None:

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from lbt_tf.data import cityscapes, synthetic
 from lbt_tf.data.labels import MAX_RAW_ID, raw_to_train_id
-from lbt_tf.errors import LABEL_OUT_OF_TABLE_MESSAGE, DataError
+from lbt_tf.errors import LABEL_OUT_OF_TABLE_MESSAGE, NOT_AN_IMAGE_MESSAGE, DataError
 
 AUTOTUNE = tf.data.AUTOTUNE
 _OUT_OF_TABLE = -1
@@ -31,7 +31,10 @@ def make_dataset(data_config, source, training: bool, seed: int = 0, repeat: boo
     if training and len(source) < batch_size:
         raise DataError(f"split {source.name!r} has {len(source)} images, fewer than "
                         f"--batch_size={batch_size} (training drops incomplete batches)")
-    dataset = decoded_dataset(d, source)
+    # Generators and file readers hide their length from tf.data; Keras needs it to end an
+    # evaluation pass without warning that the input "ran out of data".
+    dataset = decoded_dataset(d, source).apply(
+        tf.data.experimental.assert_cardinality(len(source)))
     if training:
         dataset = dataset.shuffle(min(len(source), max(d.shuffle_buffer, 1)), seed=seed,
                                   reshuffle_each_iteration=True)
@@ -133,11 +136,31 @@ def _map_raw_labels(raw, lookup, path):
         return tf.identity(train_ids)
 
 
+# Signatures at the start and end of a whole file: PNG (IEND chunk) and JPEG (SOI / EOI).
+_PNG_HEAD, _PNG_TAIL = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"
+_JPEG_HEAD, _JPEG_TAIL = b"\xff\xd8", b"\xff\xd9"
+
+
+def _read_image_file(path):
+    """The file's bytes, failing (naming the file) when they are not a whole PNG or JPEG: a
+    decode op's own error names no file, and --validate_files=none skipped the listing check."""
+    contents = tf.io.read_file(path)
+    size = tf.strings.length(contents)
+    head = lambda n: tf.strings.substr(contents, 0, n)  # noqa: E731
+    tail = lambda n: tf.strings.substr(contents, tf.maximum(size - n, 0), n)  # noqa: E731
+    whole = tf.logical_or(
+        tf.logical_and(tf.equal(head(8), _PNG_HEAD), tf.equal(tail(8), _PNG_TAIL)),
+        tf.logical_and(tf.equal(head(2), _JPEG_HEAD), tf.equal(tail(2), _JPEG_TAIL)))
+    check = tf.debugging.Assert(whole, [NOT_AN_IMAGE_MESSAGE, path])
+    with tf.control_dependencies([check]):
+        return tf.identity(contents)
+
+
 def _files(d, source):
     image_paths = [key[0] for key in source.keys]
     if not source.labeled:
         def load_image(path):
-            raw = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+            raw = tf.io.decode_image(_read_image_file(path), channels=3, expand_animations=False)
             return _resize_pair(d, raw, None)
         return tf.data.Dataset.from_tensor_slices(image_paths).map(load_image, AUTOTUNE)
     label_paths = [key[1] for key in source.keys]
@@ -146,8 +169,8 @@ def _files(d, source):
     lookup = _label_lookup(d.ignore_label)
 
     def load_pair(image_path, label_path):
-        image = tf.io.decode_png(tf.io.read_file(image_path), channels=3)
-        raw = tf.io.decode_png(tf.io.read_file(label_path), channels=1)[..., 0]
+        image = tf.io.decode_png(_read_image_file(image_path), channels=3)
+        raw = tf.io.decode_png(_read_image_file(label_path), channels=1)[..., 0]
         return _resize_pair(d, image, _map_raw_labels(raw, lookup, label_path))
 
     return tf.data.Dataset.from_tensor_slices((image_paths, label_paths)).map(load_pair, AUTOTUNE)

@@ -15,10 +15,10 @@ import os
 from typing import Dict, List
 
 from lbt_tf import config as config_lib
+from lbt_tf import names
 from lbt_tf.config import ConfigError
 from lbt_tf.experiments import results as results_lib
 
-SEARCH_MODES = ("fasterseg", "lpt", "lbt")
 COLUMNS = (("method_label", "method", "{}"),
            ("teacher_val_miou", "teacher val mIoU (search)", "{:.4f}"),
            ("retrained_miou", "retrained mIoU", "{:.4f}"),
@@ -30,10 +30,10 @@ COLUMNS = (("method_label", "method", "{}"),
 
 def run_compare(config) -> List[Dict]:
     modes = tuple(config.pipeline.compare_modes)
-    unknown = [m for m in modes if m not in SEARCH_MODES]
+    unknown = [m for m in modes if m not in names.SEARCH_MODES]
     if unknown or not modes:
         raise ConfigError(f"--compare_modes={','.join(modes)}: expected a subset of "
-                          f"{','.join(SEARCH_MODES)}")
+                          f"{','.join(names.SEARCH_MODES)}")
     out_dir = os.path.join(config.run_dir, "compare")
     rows = [compare_method(config, mode, os.path.join(out_dir, mode)) for mode in modes]
     table = results_lib.markdown_table(rows, COLUMNS)

@@ -155,8 +155,6 @@ def run_train(config: Config):
     RetrainModel, its optimizer's state included)}."""
     t = config.train
     arch = network_lib.load_arch(t.arch)
-    if t.epochs <= 0:
-        raise ConfigError(f"--train_epochs must be positive, got {t.epochs}")
     keras.utils.set_random_seed(config.seed)
     out_dir = network_lib.train_dir(config)
     os.makedirs(out_dir, exist_ok=True)

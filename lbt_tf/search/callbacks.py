@@ -10,6 +10,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from lbt_tf.names import PHASES
+
 
 class EpochSchedule(keras.callbacks.Callback):
     """FasterSeg's schedule, per epoch: warm-up (A frozen) for `warmup_epochs`, then search;
@@ -26,7 +28,8 @@ class EpochSchedule(keras.callbacks.Callback):
         factor = cfg.lr_decay ** epoch
         model.teacher_optimizer.learning_rate.assign(cfg.teacher_lr * factor)
         model.student_optimizer.learning_rate.assign(cfg.student_lr * factor)
-        model.set_phase("warmup" if epoch < cfg.warmup_epochs else "search")
+        warmup, search = PHASES
+        model.set_phase(warmup if epoch < cfg.warmup_epochs else search)
 
     def on_epoch_end(self, epoch, logs=None):
         cfg, model = self.config, self.model
@@ -191,3 +194,19 @@ class CheckpointEveryEpoch(keras.callbacks.Callback):
             self.extra_state_fn(epoch + 1, logs or {})
         path = self.manager.save(checkpoint_number=epoch + 1)
         logging.info("checkpoint %s", path)
+
+
+class PhaseProgbar(keras.callbacks.ProgbarLogger):
+    """Keras' progress line showing only the logs the current phase updates
+    (`LBTSearch.progress_keys`) and the val metrics; the other callbacks (TensorBoard, the
+    history) still get every log."""
+
+    def _shown(self, logs):
+        keys = self.model.progress_keys()
+        return {k: v for k, v in (logs or {}).items() if k in keys or k.startswith("val_")}
+
+    def on_train_batch_end(self, batch, logs=None):
+        super().on_train_batch_end(batch, self._shown(logs))
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, self._shown(logs))

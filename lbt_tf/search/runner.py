@@ -18,11 +18,12 @@ import keras
 import tensorflow as tf
 from absl import logging
 
+from lbt_tf import names
 from lbt_tf.errors import DataError
+from lbt_tf.models.fasterseg import build_supernet, derive_architecture, save_architecture
 from lbt_tf.search import callbacks as search_callbacks
 from lbt_tf.search.lbt_model import LBTSearch
 
-TRAIN_SOURCES = ("teacher_train", "teacher_val", "student_train", "student_val", "unlabeled")
 STATE_FILE = "search_state.json"
 
 
@@ -55,12 +56,12 @@ def make_search_input(config, mode: str, seed: int):
 
     d = config.data
     splits = make_splits(d, config.seed)
-    names = TRAIN_SOURCES if mode != "fasterseg" else TRAIN_SOURCES[:2]
-    if "unlabeled" in names and len(splits.unlabeled) < d.batch_size:
+    sources = names.SEARCH_SOURCES if mode != "fasterseg" else names.TEACHER_SOURCES
+    if "unlabeled" in sources and len(splits.unlabeled) < d.batch_size:
         raise DataError(f"D_u has {len(splits.unlabeled)} images, fewer than --batch_size="
                         f"{d.batch_size}; raise --pseudo_label_ratio or add unlabeled images")
     datasets = {}
-    for offset, name in enumerate(names):
+    for offset, name in enumerate(sources):
         source = getattr(splits, name)
         if name == "unlabeled":
             datasets[name] = make_unlabeled_dataset(d, source, seed=seed + offset, repeat=True)
@@ -82,21 +83,9 @@ def _to_crop_size(images, labels, height, width):
     return tf.ensure_shape(images, (None, height, width, 3)), tf.cast(labels, tf.int32)
 
 
-def import_builders():
-    """(build_supernet, derive_architecture, save_architecture) of lbt_tf.models.fasterseg."""
-    try:
-        from lbt_tf.models.fasterseg import build_supernet, derive_architecture, save_architecture
-    except ImportError:
-        from lbt_tf.models.fasterseg.genotype import derive_architecture, save_architecture
-        from lbt_tf.models.fasterseg.supernet import build_supernet
-    return build_supernet, derive_architecture, save_architecture
-
-
 def build_search_model(config, mode: Optional[str] = None):
     """Supernet, student (None for fasterseg) and the compiled LBTSearch (inside the current
     strategy scope)."""
-    build_supernet = import_builders()[0]
-
     mode = mode or config.search.mode
     d = config.data
     supernet = build_supernet(config)
@@ -104,18 +93,15 @@ def build_search_model(config, mode: Optional[str] = None):
     if mode != "fasterseg":
         from lbt_tf.models.deeplab import build_student_from_config
         student = build_student_from_config(config)  # crop-sized input, pretrained if set
-    latency_fn = None
-    if getattr(supernet, "latency_table", True) is None:
+    if supernet.latency_table is None:
         from lbt_tf.models.fasterseg.latency import table_for_config
         table, path = table_for_config(config)  # this device's table, measured once and cached
         logging.info("latency table: %s", path)
         supernet.set_latency_table(table)
-    if hasattr(supernet, "expected_latency"):
-        latency_fn = lambda arch: supernet.expected_latency(arch)  # noqa: E731
     # FasterSeg's teacher (arch_0: full width only) searches without the latency term.
     latency_weight = config.search.latency_weight if config.teacher.search_widths else 0.0
     model = LBTSearch(supernet, student, config.search, ignore_label=d.ignore_label,
-                      num_classes=d.num_classes, latency_fn=latency_fn,
+                      num_classes=d.num_classes, latency_fn=supernet.expected_latency,
                       latency_weight=latency_weight, mode=mode)
     model.compile()
     return model
@@ -145,7 +131,7 @@ def _to_python(logs):
 
 
 @contextlib.contextmanager
-def _fast_graph_compilation():
+def fast_graph_compilation():
     """Grappler's meta-optimizer spends ~4x the step time of a whole CPU demo on the large
     second-order graph of the unrolled step (measured: first call 21 s -> 5 s, step time not
     worse); it is switched off for the search only and restored afterwards."""
@@ -160,12 +146,11 @@ def _fast_graph_compilation():
 
 def run_search(config) -> SearchResult:
     """Warm-up (A frozen) then search, resumable; prints the architecture and the mIoUs."""
-    with _fast_graph_compilation():
+    with fast_graph_compilation():
         return _run_search(config)
 
 
 def _run_search(config) -> SearchResult:
-    _, derive_architecture, save_architecture = import_builders()
     cfg = config.search
     run_dir = config.run_dir
     os.makedirs(run_dir, exist_ok=True)
@@ -173,6 +158,8 @@ def _run_search(config) -> SearchResult:
     strategy = make_strategy(cfg)
     state = _load_state(run_dir) if config.resume else {}
     mode = state.get("mode", cfg.mode)
+    # The data (every file listed and checked) before any model is built or table measured.
+    train, val, steps = make_search_input(config, mode, seed=config.seed)
     with strategy.scope():
         model = build_search_model(config, mode)
         epoch_variable = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
@@ -190,7 +177,9 @@ def _run_search(config) -> SearchResult:
     total_epochs = cfg.warmup_epochs + cfg.epochs
 
     # Different (deterministic) batches after a resume instead of replaying epoch 0's.
-    train, val, steps = make_search_input(config, mode, seed=config.seed + 1000 * initial_epoch)
+    if initial_epoch:
+        train, val, steps = make_search_input(config, mode,
+                                              seed=config.seed + 1000 * initial_epoch)
     latency_fn = model.problem.latency_fn
     arch_log = search_callbacks.ArchitectureLog(
         run_dir, lambda: derive_architecture(model.supernet, config.teacher), save_architecture,
@@ -210,6 +199,7 @@ def _run_search(config) -> SearchResult:
         fallback,
         arch_log,
         search_callbacks.CheckpointEveryEpoch(manager, epoch_variable, save_state),
+        search_callbacks.PhaseProgbar(),
     ]
     if importlib.util.find_spec("tensorboard") is not None:
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"),
@@ -220,6 +210,7 @@ def _run_search(config) -> SearchResult:
     if initial_epoch < total_epochs:
         model.fit(train, epochs=total_epochs, initial_epoch=initial_epoch,
                   steps_per_epoch=steps, validation_data=val, callbacks=callbacks,
+                  shuffle=False,  # the tf.data pipeline shuffles (seeded)
                   verbose=2 if cfg.log_every <= 0 else "auto")
     if not history:
         raise DataError("the search ran no epoch: set --warmup_epochs/--search_epochs")

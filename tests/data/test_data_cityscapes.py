@@ -141,3 +141,34 @@ def test_main_reports_label_out_of_table_without_traceback(tmp_path):
     assert last.startswith("error: label ids outside the Cityscapes table")
     assert "_gtFine_labelIds.png" in last and "aachen" in last
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not_png", "flipped_byte"])
+def test_undecodable_file_is_named_without_listing_checks(tmp_path, cityscapes_config, damage):
+    """--validate_files=none: the file is still named when decoding fails (in the graph for a
+    truncated / non-PNG file, by main's re-check for damage inside a whole-looking file)."""
+    import dataclasses
+
+    from lbt_tf import config as config_lib
+    from lbt_tf.main import _data_error_from_graph
+    root = str(tmp_path / "cityscapes")
+    for split, city in (("train", "aachen"), ("val", "frankfurt"), ("test", "berlin")):
+        for frame in range(4):
+            paths = write_example(root, split, city, 0, frame)
+    image_path = os.path.join(root, "leftImg8bit", "val", "frankfurt",
+                              "frankfurt_000000_000001_leftImg8bit.png")
+    data = open(image_path, "rb").read()
+    damaged = {"truncated": data[: len(data) // 2], "not_png": b"<html>not found</html>",
+               "flipped_byte": data[:100] + bytes([data[100] ^ 0xFF]) + data[101:]}[damage]
+    with open(image_path, "wb") as f:
+        f.write(damaged)
+    data_config = dataclasses.replace(cityscapes_config, data_dir=root, validate_files="none")
+    pairs = cityscapes.list_cityscapes_pairs(root, "val", validate="none")
+    source = Source("val", "files", tuple(pairs), True, "val")
+    with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+        for _ in make_dataset(data_config, source, training=False):
+            pass
+    config = config_lib.replace(config_lib.Config(), data=data_config)
+    message = _data_error_from_graph(raised.value, config)
+    assert message is not None and "frankfurt_000000_000001_leftImg8bit.png" in message, message
+    del paths

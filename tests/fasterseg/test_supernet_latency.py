@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from lbt_tf.models.fasterseg import LatencyTable, build_supernet, latency as latency_lib
+from lbt_tf.models.fasterseg.space import OP_TABLE_NAMES
 from lbt_tf.models.fasterseg.supernet import FasterSegSupernet
 from lbt_tf.ops.losses import segmentation_ce
 from tests.fasterseg.conftest import tiny_config
@@ -169,7 +170,7 @@ def test_expected_latency_one_hot_equals_table_sum(tiny):
     tc, d = config.teacher, config.data
     widths = tc.width_mult_list
     F, (stem_r, head_r) = tc.base_width, tc.stem_head_width
-    ops = latency_lib.ops_lib.OP_TABLE_NAMES
+    ops = OP_TABLE_NAMES
 
     def ratio(layer, scale):
         if layer < 0:

@@ -18,9 +18,9 @@ import numpy as np
 import tensorflow as tf
 
 from lbt_tf.config import ConfigError
-from lbt_tf.models.fasterseg.genotype import OUTPUT_STRIDES, validate_architecture
-from lbt_tf.models.fasterseg.operations import (CellOp, ConvNorm, FeatureFusion, Head,
-                                                OP_NAMES, num_filters)
+from lbt_tf.models.fasterseg.genotype import validate_architecture
+from lbt_tf.models.fasterseg.operations import CellOp, ConvNorm, FeatureFusion, Head, num_filters
+from lbt_tf.models.fasterseg.space import OP_NAMES
 from lbt_tf.ops.resize import resize_bilinear
 
 

@@ -7,6 +7,7 @@ import os
 from lbt_tf.config import ConfigError
 from lbt_tf.models.fasterseg import genotype, latency as latency_lib
 from lbt_tf.models.fasterseg.derived import build_derived_network, network_plan
+from lbt_tf.models.fasterseg.space import OP_NAMES
 
 
 def _latency_table(config):
@@ -35,7 +36,7 @@ def describe_lines(arch, config, table=None):
         for layer, (cell, width) in enumerate(zip(branch.cells, widths)):
             shared = " (shared)" if layer < branch.shared_prefix else ""
             lines.append(f"{'1/' + str(branch.output_stride):>6} {layer:>5} "
-                         f"{8 * 2 ** cell.scale:>6} {genotype.OP_NAMES[cell.op]:<15} "
+                         f"{8 * 2 ** cell.scale:>6} {OP_NAMES[cell.op]:<15} "
                          f"{width:>6.3f} {cell.cin:>5} {cell.cout:>5}{shared}")
         if estimate is not None:
             lines.append(f"  branch 1/{branch.output_stride}: estimated latency "

@@ -26,10 +26,9 @@ import os
 import numpy as np
 
 from lbt_tf.errors import ArchitectureError
-from lbt_tf.models.fasterseg.operations import OP_NAMES
+from lbt_tf.models.fasterseg.space import OP_NAMES, OUTPUT_STRIDES, searched_widths
 
 FORMAT = "lbt_tf/fasterseg-arch-v1"
-OUTPUT_STRIDES = (8, 16, 32)
 
 
 def _softmax(x):
@@ -180,7 +179,6 @@ def derive_architecture(source, teacher_config, branch_scores=None, ignore_skip=
     ignore_skip defaults to `not search_widths` (FasterSeg derives its teacher, arch_0, with
     ignore_skip). branch_scores: optional mIoU02/mIoU12/latency02/latency12 for acc_lat.
     """
-    from lbt_tf.models.fasterseg.supernet import searched_widths
     arrays = _arch_arrays(source)
     layers = int(np.shape(arrays["alpha_0"])[0])
     widths = searched_widths(teacher_config)

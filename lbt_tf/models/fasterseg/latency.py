@@ -26,10 +26,15 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from lbt_tf.config import ConfigError
+from lbt_tf.errors import LbtError
 from lbt_tf.models.fasterseg import operations as ops_lib
-from lbt_tf.models.fasterseg.operations import next_cell_inputs, num_filters
+from lbt_tf.models.fasterseg.derived import network_plan
+from lbt_tf.models.fasterseg.operations import num_filters
+from lbt_tf.models.fasterseg.space import (OP_TABLE_NAMES, cell_scales, has_down,
+                                           next_cell_inputs, searched_widths)
 
-_CELL_KINDS = ops_lib.OP_TABLE_NAMES
+_CELL_KINDS = OP_TABLE_NAMES
 _KEY_RE = re.compile(
     r"^(?P<kind>[A-Za-z_0-9]+?)_H(?P<h>\d+)_W(?P<w>\d+)_C(?:in)?(?P<cin>\d+)"
     r"(?:_Cout(?P<cout>\d+))?(?:_kernel(?P<kernel>\d+))?(?:_stride(?P<stride>\d+))?"
@@ -174,7 +179,6 @@ class LatencyTable:
     @staticmethod
     def load(path: str, **kwargs) -> "LatencyTable":
         """Our cached JSON ({"meta", "entries"}) or FasterSeg's plain key -> ms JSON."""
-        from lbt_tf.errors import LbtError
         try:
             with open(path) as f:
                 raw = json.load(f)
@@ -220,17 +224,16 @@ def stem_specs(F, height, width, stem_ratio):
 
 def supernet_cell_plan(teacher_config, height, width):
     """(layer, scale, stride) -> [op][r_in][r_out] OpSpec for every cell op of the supernet."""
-    from lbt_tf.models.fasterseg.supernet import searched_widths
     F, L = teacher_config.base_width, teacher_config.layers
     widths = searched_widths(teacher_config)
     stem_ratio, head_ratio = teacher_config.stem_head_width
     plan = {}
     for i in range(L):
-        for j in range(min(i, 2) + 1):
+        for j in cell_scales(i):
             in_r = _feature_ratios(i - 1 if i > 0 else -1, j, L, widths, stem_ratio, head_ratio)
             out_r = _feature_ratios(i, j, L, widths, stem_ratio, head_ratio)
             plan[(i, j, 1)] = _cell_specs(F, height, width, j, 1, in_r, out_r)
-            if i < L - 1 and j < 2:
+            if has_down(i, j, L):
                 plan[(i, j, 2)] = _cell_specs(F, height, width, j, 2, in_r, out_r)
     return plan
 
@@ -296,7 +299,6 @@ class SupernetLatencyModel:
 # ---------------------------------------------------------------------------------- derived
 def derived_specs(arch, num_classes, height, width, base_width=None):
     """OpSpecs of a derived network: {"stem": [...], "branch_<stride>": [...], "fusion": [...]}."""
-    from lbt_tf.models.fasterseg.derived import network_plan
     plan = network_plan(arch, base_width)
     groups = {"stem": stem_specs(plan.base_width, height, width, plan.stem_ratio)}
     for branch in plan.branches:
@@ -356,7 +358,6 @@ def table_for_config(config, runs=None, warmup=None):
 
 def run_measure_latency(config):
     """--mode=measure_latency: measure (or re-use) this device's table, print its path."""
-    from lbt_tf.config import ConfigError
     from scipy import stats
     start = time.perf_counter()
     table, path = table_for_config(config)

@@ -18,12 +18,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from lbt_tf.models.fasterseg.space import OP_NAMES
 from lbt_tf.ops.resize import resize_bilinear
 
-OP_NAMES = ("skip", "conv", "conv_downup", "conv_2x", "conv_2x_downup")
-# FasterSeg's class names, used in latency-table keys.
-OP_TABLE_NAMES = ("FactorizedReduce", "BasicResidual1x", "BasicResidual_downup_1x",
-                  "BasicResidual2x", "BasicResidual_downup_2x")
 BN_MOMENTUM = 0.9   # PyTorch momentum 0.1
 BN_EPSILON = 1e-5
 
@@ -242,18 +239,3 @@ class MixedOp(keras.layers.Layer):
             out = out + op_weights[k] * op(x, width_weights, training=training)
         return out
 
-
-def next_cell_inputs(keep, down, betas, layer):
-    """Inputs of the cells of layer + 1, per scale j, from layer's "keep" and "down" outputs:
-    scale 0 keeps, a newly reached scale takes "down", the others mix both by beta. Used for the
-    feature maps (supernet) and for their expected latencies (latency model) alike."""
-    inputs = {}
-    for j in range(min(layer + 1, 2) + 1):
-        if j == 0:
-            inputs[0] = keep[0]
-        elif j == layer + 1:
-            inputs[j] = down[j]
-        else:
-            beta = betas[j][layer - j]   # cell (layer + 1, j): row (layer + 1) - j - 1
-            inputs[j] = beta[0] * down[j] + beta[1] * keep[j]
-    return inputs

@@ -26,39 +26,19 @@ Differences to FasterSeg, on purpose:
 """
 from __future__ import annotations
 
+import os
+
 import keras
 import numpy as np
 import tensorflow as tf
 
-from lbt_tf.models.fasterseg import operations as ops_lib
-from lbt_tf.models.fasterseg.operations import ConvNorm, CellOp, Head, MixedOp, next_cell_inputs, num_filters
+from lbt_tf.models.fasterseg import latency as latency_lib
+from lbt_tf.models.fasterseg.operations import ConvNorm, CellOp, Head, MixedOp, num_filters
+from lbt_tf.models.fasterseg.space import (arch_variable_shapes, cell_scales, gamma_row, has_down,
+                                           next_cell_inputs, searched_widths)
 from lbt_tf.ops.resize import resize_bilinear
 
 HEAD_NAMES = ("head0", "head1", "head2", "head02", "head12")
-
-
-def searched_widths(teacher_config):
-    """The width ratios gamma chooses from; (1.0,) when widths are not searched."""
-    widths = tuple(float(w) for w in teacher_config.width_mult_list)
-    if teacher_config.search_widths and len(widths) > 1:
-        return widths
-    return (1.0,)
-
-
-def arch_variable_shapes(layers: int, n_widths: int):
-    """Name -> shape of every architecture variable, in `arch_variables` order."""
-    n_ops = len(ops_lib.OP_NAMES)
-    shapes = {"alpha_0": (layers, n_ops), "alpha_1": (layers - 1, n_ops),
-              "alpha_2": (layers - 2, n_ops), "beta_1": (layers - 2, 2), "beta_2": (layers - 3, 2)}
-    if n_widths > 1:
-        shapes.update({"gamma_0": (layers - 1, n_widths), "gamma_1": (layers - 1, n_widths),
-                       "gamma_2": (layers - 2, n_widths)})
-    return shapes
-
-
-def gamma_row(layer: int, scale: int) -> int:
-    """Row of gamma_scale holding the width of the feature map at (layer, scale)."""
-    return layer - 1 if scale == 2 else layer
 
 
 class FasterSegSupernet(keras.Model):
@@ -91,11 +71,11 @@ class FasterSegSupernet(keras.Model):
             CellOp(3, num_filters(F, 8, self.stem_ratio), 2, name="stem_res2")]
         self.keep_ops, self.down_ops = {}, {}
         for i in range(L):
-            for j in range(min(i, 2) + 1):
+            for j in cell_scales(i):
                 channels = num_filters(F, 8 * 2 ** j)
                 keep_widths = (self.head_ratio,) if i == L - 1 else self.width_mult_list
                 self.keep_ops[(i, j)] = MixedOp(channels, 1, keep_widths, name=f"cell{i}_{j}_keep")
-                if i < L - 1 and j < 2:
+                if has_down(i, j, L):
                     self.down_ops[(i, j)] = MixedOp(2 * channels, 2, self.width_mult_list,
                                                     name=f"cell{i}_{j}_down")
         self._track_cells = list(self.keep_ops.values()) + list(self.down_ops.values())
@@ -176,7 +156,7 @@ class FasterSegSupernet(keras.Model):
         inputs = {0: tf.pad(x, [[0, 0], [0, 0], [0, 0], [0, pad]]) if pad > 0 else x}
         for i in range(L):
             keep_out, down_out = {}, {}
-            for j in range(min(i, 2) + 1):
+            for j in cell_scales(i):
                 alpha = alphas[j][i - j]
                 keep_width = one if i == L - 1 else widths.get((i, j), one)
                 keep_out[j] = self.keep_ops[(i, j)](inputs[j], alpha, keep_width, training=training)
@@ -203,7 +183,6 @@ class FasterSegSupernet(keras.Model):
     # ------------------------------------------------------------------ latency
     def set_latency_table(self, table):
         """A `latency.LatencyTable` (or a plain key -> ms dict) for `expected_latency`."""
-        from lbt_tf.models.fasterseg import latency as latency_lib
         if isinstance(table, dict):
             table = latency_lib.LatencyTable(table)
         self.latency_table = table
@@ -216,7 +195,6 @@ class FasterSegSupernet(keras.Model):
         `arch_variables` order). Needs a latency table (`set_latency_table`, the config's
         --latency_table, or one measured and cached on first use).
         """
-        from lbt_tf.models.fasterseg import latency as latency_lib
         if self._latency_model is None:
             if self.latency_table is None:
                 raise ValueError("expected_latency needs a latency table: call "
@@ -231,10 +209,8 @@ def build_supernet(config, latency_table=None) -> FasterSegSupernet:
     latency_table: a LatencyTable or dict; else the table at --latency_table when it exists
     (FasterSeg-style JSON); else none until `set_latency_table`/`latency.table_for_config`.
     """
-    from lbt_tf.models.fasterseg import latency as latency_lib
     data = config.data
     if latency_table is None and config.teacher.latency_table:
-        import os
         if os.path.exists(config.teacher.latency_table):
             latency_table = latency_lib.LatencyTable.load(config.teacher.latency_table)
     if isinstance(latency_table, dict):
