@@ -24,6 +24,7 @@ import time
 from typing import Dict, List, Optional, Sequence
 
 from lbt_tf import config as config_lib
+from lbt_tf import names
 from lbt_tf.config import ConfigError
 from lbt_tf.experiments import compare, stability
 from lbt_tf.experiments import results as results_lib
@@ -41,7 +42,7 @@ RUN_COLUMNS = (("method", "method", "{}"), ("seed", "seed", "{}"),
 
 @dataclasses.dataclass(frozen=True)
 class QualityOptions:
-    methods: Sequence[str] = compare.SEARCH_MODES
+    methods: Sequence[str] = names.SEARCH_MODES
     seeds: Sequence[int] = (0, 1, 2)
     random_archs: int = 8            # K random architectures retrained
     random_pool: int = 64            # sampled before the latency filter
@@ -161,7 +162,7 @@ def plot_latency_vs_miou(path: str, runs: List[Dict]) -> str:
     import matplotlib
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
-    markers = dict(zip(list(compare.SEARCH_MODES) + [TARGET], "o^s*"))
+    markers = dict(zip(list(names.SEARCH_MODES) + [TARGET], "o^s*"))
     fig, ax = plt.subplots(figsize=(6, 4))
     for method in dict.fromkeys(r["method"] for r in runs):
         points = [(r["measured_latency_ms"], r["retrained_miou"]) for r in runs
@@ -217,10 +218,10 @@ def _arch_history(search_dir: str) -> List[Dict]:
 
 def run_search_quality(config, options: QualityOptions) -> Dict[str, str]:
     from lbt_tf.models.fasterseg import genotype, latency, sampling
-    unknown = [m for m in options.methods if m not in compare.SEARCH_MODES]
+    unknown = [m for m in options.methods if m not in names.SEARCH_MODES]
     if unknown or not options.methods or not options.seeds:
         raise ConfigError(f"search quality: methods {list(options.methods)} must be a non-empty "
-                          f"subset of {compare.SEARCH_MODES}, seeds non-empty")
+                          f"subset of {names.SEARCH_MODES}, seeds non-empty")
     started = time.time()
     out_dir = config.run_dir
     lock = FileLock(options.lock_path) if options.lock_path else contextlib.nullcontext()

@@ -13,7 +13,7 @@ from typing import Dict, List, Sequence
 import numpy as np
 
 from lbt_tf.models.fasterseg.genotype import derive_architecture
-from lbt_tf.models.fasterseg.supernet import arch_variable_shapes, searched_widths
+from lbt_tf.models.fasterseg.space import arch_variable_shapes, searched_widths
 
 BRANCH_SELECTIONS = ("strides_8_32", "strides_16_32")
 
