@@ -216,8 +216,37 @@ def _arch_history(search_dir: str) -> List[Dict]:
     return results_lib.read_json(path).get("arch_history", []) if os.path.isfile(path) else []
 
 
+def run_random(config, options: QualityOptions, table, reference_ms: float, lock=None):
+    """Retrains the first `options.random_archs` random archs (pool seeded by config.seed)
+    whose predicted latency is within the band around `reference_ms`; returns (rows, pool
+    size). Each one's result.json (`<run_dir>/random/rNN/`) is reused on a rerun."""
+    from lbt_tf.models.fasterseg import genotype, sampling
+    pool = sampling.sample_architectures(config.teacher, options.random_pool, config.seed)
+    pool_latency = [predicted_latency(a, table, config) for a in pool]
+    kept = sampling.within_latency(pool_latency, reference_ms, options.tolerance)
+    rows = []
+    for n, index in enumerate(kept[:options.random_archs]):
+        seed = int(options.seeds[n % len(options.seeds)])
+        run_dir = os.path.join(config.run_dir, RANDOM, f"r{index:02d}")
+        result_path = os.path.join(run_dir, "result.json")
+        if os.path.isfile(result_path):
+            rows.append(results_lib.read_json(result_path))
+            continue
+        arch_path = os.path.join(run_dir, "arch.json")
+        genotype.save_architecture(pool[index], arch_path)
+        print(f"[search_quality] random #{index} ({pool_latency[index]:.2f} ms predicted)",
+              flush=True)
+        row = dict(compare.retrain_and_evaluate(config_lib.replace(config, seed=seed), arch_path,
+                                                os.path.join(run_dir, "retrain"), lock),
+                   method=RANDOM, seed=seed, pool_index=index, arch_path=arch_path,
+                   predicted_latency_ms=pool_latency[index])
+        results_lib.write_json(result_path, row)
+        rows.append(row)
+    return rows, len(pool)
+
+
 def run_search_quality(config, options: QualityOptions) -> Dict[str, str]:
-    from lbt_tf.models.fasterseg import genotype, latency, sampling
+    from lbt_tf.models.fasterseg import genotype, latency
     unknown = [m for m in options.methods if m not in names.SEARCH_MODES]
     if unknown or not options.methods or not options.seeds:
         raise ConfigError(f"search quality: methods {list(options.methods)} must be a non-empty "
@@ -245,27 +274,8 @@ def run_search_quality(config, options: QualityOptions) -> Dict[str, str]:
                                                                                "search")))
     reference = statistics.median(r["predicted_latency_ms"] for r in runs)
 
-    pool = sampling.sample_architectures(config.teacher, options.random_pool, config.seed)
-    pool_latency = [predicted_latency(a, table, config) for a in pool]
-    kept = sampling.within_latency(pool_latency, reference, options.tolerance)
-    for n, index in enumerate(kept[:options.random_archs]):
-        seed = int(options.seeds[n % len(options.seeds)])
-        run_dir = os.path.join(out_dir, RANDOM, f"r{index:02d}")
-        result_path = os.path.join(run_dir, "result.json")
-        if os.path.isfile(result_path):
-            row = results_lib.read_json(result_path)
-        else:
-            arch_path = os.path.join(run_dir, "arch.json")
-            genotype.save_architecture(pool[index], arch_path)
-            print(f"[search_quality] random #{index} ({pool_latency[index]:.2f} ms predicted)",
-                  flush=True)
-            row = dict(compare.retrain_and_evaluate(config_lib.replace(config, seed=seed),
-                                                    arch_path, os.path.join(run_dir, "retrain"),
-                                                    lock),
-                       method=RANDOM, seed=seed, pool_index=index, arch_path=arch_path,
-                       predicted_latency_ms=pool_latency[index])
-            results_lib.write_json(result_path, row)
-        runs.append(row)
+    random_rows, pool_size = run_random(config, options, table, reference, lock)
+    runs += random_rows
     random_latency = [r["predicted_latency_ms"] for r in runs if r["method"] == RANDOM]
 
     meta = {"title": f"{d.source} {d.image_height}x{d.image_width}, {config.teacher.layers} "
@@ -275,7 +285,7 @@ def run_search_quality(config, options: QualityOptions) -> Dict[str, str]:
             "retraining": f"{config.train.epochs} epochs x {config.train.steps_per_epoch} "
                           f"steps, lr {config.train.lr}, batch {d.batch_size}",
             "seeds": list(options.seeds),
-            "random": f"{len(random_latency)} kept of {len(pool)} sampled (seed {config.seed}) "
+            "random": f"{len(random_latency)} kept of {pool_size} sampled (seed {config.seed}) "
                       f"within ±{options.tolerance:.0%} of the found archs' median predicted "
                       f"latency {reference:.2f} ms",
             "latency_table": table_path,
@@ -306,4 +316,5 @@ def run_search_quality(config, options: QualityOptions) -> Dict[str, str]:
 
 
 __all__ = ["QualityOptions", "FileLock", "mean_std", "summarize", "method_stability",
-           "report_markdown", "plot_latency_vs_miou", "write_report", "run_search_quality"]
+           "report_markdown", "plot_latency_vs_miou", "write_report", "run_random",
+           "run_search_quality"]
