@@ -24,7 +24,7 @@ from lbt_tf.experiments import search_quality  # noqa: E402
 flags.DEFINE_list("quality_methods", ["fasterseg", "lpt", "lbt"], "Search methods compared.")
 flags.DEFINE_list("quality_seeds", ["0", "1", "2"], "Seeds of every method's search+retrain.")
 flags.DEFINE_integer("quality_random", 8, "Random architectures retrained (K).")
-flags.DEFINE_integer("quality_random_pool", 64, "Random architectures sampled before the "
+flags.DEFINE_integer("quality_random_pool", 1000, "Random architectures sampled before the "
                      "latency filter.")
 flags.DEFINE_float("quality_tolerance", 0.15, "Relative latency band of the random archs.")
 flags.DEFINE_bool("quality_target", True, "Add one lbt search with the random archs' median "

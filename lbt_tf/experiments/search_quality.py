@@ -45,7 +45,7 @@ class QualityOptions:
     methods: Sequence[str] = names.SEARCH_MODES
     seeds: Sequence[int] = (0, 1, 2)
     random_archs: int = 8            # K random architectures retrained
-    random_pool: int = 64            # sampled before the latency filter
+    random_pool: int = 1000          # sampled before the latency filter (cheap)
     tolerance: float = 0.15          # relative latency band around the found archs' median
     target_row: bool = True          # one lbt search with the random archs' median as target
     lock_path: str = ""              # a file lock held while measuring latency ("": none)
