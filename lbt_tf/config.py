@@ -123,6 +123,8 @@ class SearchConfig:
     max_skipped_steps: int = 5            # in a row, then lbt falls back to lpt
     log_every: int = 10
     distribute: bool = False              # MirroredStrategy over the available devices
+    jit_compile: bool = False             # XLA-compile the search step (GPU)
+    mixed_precision: str = "float32"      # names.SEARCH_PRECISIONS: the models' dtype policy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -273,7 +275,9 @@ def validate(config: Config) -> Config:
     s = config.search
     for flag, value, allowed in (("search_mode", s.mode, names.SEARCH_MODES),
                                  ("hypergrad", s.hypergrad, names.HYPERGRADS),
-                                 ("pseudo_labels", s.pseudo_labels, names.PSEUDO_LABELS)):
+                                 ("pseudo_labels", s.pseudo_labels, names.PSEUDO_LABELS),
+                                 ("mixed_precision", s.mixed_precision,
+                                  names.SEARCH_PRECISIONS)):
         if value not in allowed:
             raise ConfigError(f"--{flag}={value!r}: expected one of {', '.join(allowed)}")
     if config.student.output_stride not in (8, 16):

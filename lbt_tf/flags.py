@@ -124,6 +124,10 @@ FLAG_TABLE = {
                           "Non-finite steps in a row before lbt falls back to lpt."),
     "log_every": ("search", "log_every", "Steps between log lines."),
     "distribute": ("search", "distribute", "Run under MirroredStrategy on all devices."),
+    "jit_compile": ("search", "jit_compile", "XLA-compile the search step (for GPUs)."),
+    "mixed_precision": ("search", "mixed_precision",
+                        "float32 | mixed_bfloat16: the student computes in bfloat16 (float32 "
+                        "variables, losses, hypergradient; the supernet stays float32)."),
     # retrain
     "arch": ("train", "arch", "Architecture JSON (derived or imported)."),
     "train_epochs": ("train", "epochs", "Retraining epochs."),
