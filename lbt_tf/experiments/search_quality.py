@@ -49,6 +49,8 @@ class QualityOptions:
     tolerance: float = 0.15          # relative latency band around the found archs' median
     target_row: bool = True          # one lbt search with the random archs' median as target
     lock_path: str = ""              # a file lock held while measuring latency ("": none)
+    reference_ms: float = 0.0        # latency the random archs must match (0: found median)
+    report_only: bool = False        # run nothing: report the runs whose result files exist
 
 
 class FileLock:
@@ -232,6 +234,8 @@ def run_random(config, options: QualityOptions, table, reference_ms: float, lock
         if os.path.isfile(result_path):
             rows.append(results_lib.read_json(result_path))
             continue
+        if options.report_only:
+            continue
         arch_path = os.path.join(run_dir, "arch.json")
         genotype.save_architecture(pool[index], arch_path)
         print(f"[search_quality] random #{index} ({pool_latency[index]:.2f} ms predicted)",
@@ -265,6 +269,8 @@ def run_search_quality(config, options: QualityOptions) -> Dict[str, str]:
     for method in options.methods:
         for seed in options.seeds:
             run_dir = os.path.join(out_dir, method, f"seed_{seed}")
+            if options.report_only and not os.path.isfile(os.path.join(run_dir, "result.json")):
+                continue
             row = compare.compare_method(config_lib.replace(config, seed=int(seed)), method,
                                          run_dir, lock)
             arch = genotype.load_architecture(row["arch_path"])
@@ -272,7 +278,10 @@ def run_search_quality(config, options: QualityOptions) -> Dict[str, str]:
                              predicted_latency_ms=predicted_latency(arch, table, config)))
             histories.setdefault(method, []).append(_arch_history(os.path.join(run_dir,
                                                                                "search")))
-    reference = statistics.median(r["predicted_latency_ms"] for r in runs)
+    if not runs:
+        raise ConfigError(f"search quality: no finished search under {out_dir}")
+    reference = options.reference_ms or statistics.median(r["predicted_latency_ms"]
+                                                          for r in runs)
 
     random_rows, pool_size = run_random(config, options, table, reference, lock)
     runs += random_rows
@@ -286,13 +295,15 @@ def run_search_quality(config, options: QualityOptions) -> Dict[str, str]:
                           f"steps, lr {config.train.lr}, batch {d.batch_size}",
             "seeds": list(options.seeds),
             "random": f"{len(random_latency)} kept of {pool_size} sampled (seed {config.seed}) "
-                      f"within ±{options.tolerance:.0%} of the found archs' median predicted "
-                      f"latency {reference:.2f} ms",
+                      f"within ±{options.tolerance:.0%} of "
+                      f"{'a fixed' if options.reference_ms else 'the found archs median'} "
+                      f"predicted latency {reference:.2f} ms",
             "latency_table": table_path,
             "machine": f"{os.cpu_count()} CPU cores, {platform.machine()}, {platform.system()}"}
-    if options.target_row and random_latency:
+    run_dir = os.path.join(out_dir, "target")
+    if options.target_row and random_latency and not (
+            options.report_only and not os.path.isfile(os.path.join(run_dir, "result.json"))):
         target = statistics.median(random_latency)
-        run_dir = os.path.join(out_dir, "target")
         row = compare.compare_method(config_lib.replace(
             config, **{"search.adaptive_latency": True,
                        "search.latency_target_min_ms": 0.95 * target,
