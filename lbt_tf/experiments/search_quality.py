@@ -285,6 +285,9 @@ def run_search_quality(config, options: QualityOptions) -> Dict[str, str]:
 
     random_rows, pool_size = run_random(config, options, table, reference, lock)
     runs += random_rows
+    # Derived networks use a few ops the supernet's table lacks (measured on first use):
+    # saved, so that a rerun predicts the same latencies.
+    table.save(table_path)
     random_latency = [r["predicted_latency_ms"] for r in runs if r["method"] == RANDOM]
 
     meta = {"title": f"{d.source} {d.image_height}x{d.image_width}, {config.teacher.layers} "

@@ -68,6 +68,9 @@ class MacTable:
     def get(self, spec):
         return 1e-6 * spec.cin * spec.cout * spec.height * spec.width * spec.kernel
 
+    def save(self, path):
+        self.saved = path
+
 
 def test_run_search_quality_with_stand_in_stages(tmp_path, monkeypatch):
     """Orchestration with the search/retrain stages replaced by stand-ins (the real stages have
