@@ -15,6 +15,9 @@ from lbt_tf.errors import LbtError
 from lbt_tf.models.fasterseg.space import WIDTH_MULT_LIST
 
 
+PREDICTION_FORMATS = ("color", "cityscapes")
+
+
 class ConfigError(LbtError, ValueError):
     """A flag or config value is invalid; the message names the flag."""
 
@@ -73,6 +76,8 @@ class TeacherConfig:
     branch_selection: str = "acc_lat"     # acc_lat | strides_8_32 | strides_16_32
     latency_table: Optional[str] = None   # measured table (JSON); measured & cached when missing
     reference_latency_table: Optional[str] = None  # FasterSeg's 1080Ti table, for comparison
+    latency_runtime: str = "tf"           # tf | xla | tflite: how this device's table is timed
+    latency_compat: str = "faithful"      # faithful | fasterseg (its conv_2x_downup key slip)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,12 +117,14 @@ class SearchConfig:
     student_val_weight: float = 1.0
     student_aux_weight: float = 0.4       # student's auxiliary-head CE in its training losses
     pseudo_labels: str = "soft"           # soft | hard (for the real student step)
-    finite_difference_scale: float = 0.01
+    finite_difference_scale: float = 1e-3  # measured: bench/finite_difference_eps.py
     reuse_step_gradients: bool = True     # lbt: weight steps reuse the arch step's gradients
     arch_signal_every: int = 1            # lbt: split ||grad_A|| into its terms every N arch steps
     max_skipped_steps: int = 5            # in a row, then lbt falls back to lpt
     log_every: int = 10
     distribute: bool = False              # MirroredStrategy over the available devices
+    jit_compile: bool = False             # XLA-compile the search step (GPU)
+    mixed_precision: str = "float32"      # names.SEARCH_PRECISIONS: the models' dtype policy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,6 +164,8 @@ class ExportConfig:
     serving_probabilities: bool = True    # serving signature also returns softmax probabilities
     input: Optional[str] = None           # predict: image or folder
     output: Optional[str] = None          # predict: output folder
+    # predict: color (palette PNG + overlay) | cityscapes (label-id PNGs for the official scorer)
+    prediction_format: str = "color"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,6 +191,7 @@ class Config:
     run_dir: str = "runs/demo"
     seed: int = 0
     resume: bool = False
+    overwrite: bool = False               # replace a run of another config in run_dir
     data: DataConfig = DataConfig()
     teacher: TeacherConfig = TeacherConfig()
     student: StudentConfig = StudentConfig()
@@ -265,7 +275,9 @@ def validate(config: Config) -> Config:
     s = config.search
     for flag, value, allowed in (("search_mode", s.mode, names.SEARCH_MODES),
                                  ("hypergrad", s.hypergrad, names.HYPERGRADS),
-                                 ("pseudo_labels", s.pseudo_labels, names.PSEUDO_LABELS)):
+                                 ("pseudo_labels", s.pseudo_labels, names.PSEUDO_LABELS),
+                                 ("mixed_precision", s.mixed_precision,
+                                  names.SEARCH_PRECISIONS)):
         if value not in allowed:
             raise ConfigError(f"--{flag}={value!r}: expected one of {', '.join(allowed)}")
     if config.student.output_stride not in (8, 16):
@@ -273,8 +285,17 @@ def validate(config: Config) -> Config:
                           "expected 8 or 16")
     if config.teacher.layers < 3:
         raise ConfigError(f"--layers={config.teacher.layers}: need at least 3 cells")
+    if config.teacher.latency_runtime not in ("tf", "xla", "tflite"):
+        raise ConfigError(f"--latency_runtime={config.teacher.latency_runtime!r}: expected tf, "
+                          "xla or tflite")
+    if config.teacher.latency_compat not in ("faithful", "fasterseg"):
+        raise ConfigError(f"--latency_compat={config.teacher.latency_compat!r}: expected "
+                          "faithful or fasterseg")
     if config.eval.mode not in ("whole", "sliding"):
         raise ConfigError(f"--eval_mode={config.eval.mode!r}: expected whole or sliding")
+    if config.export.prediction_format not in PREDICTION_FORMATS:
+        raise ConfigError(f"--prediction_format={config.export.prediction_format!r}: expected "
+                          f"one of {', '.join(PREDICTION_FORMATS)}")
     for flag, value, bounds in _ranges(config):
         check_range(flag, value, bounds)
     if s.latency_target_max_ms and s.latency_target_max_ms < s.latency_target_min_ms:

@@ -21,7 +21,9 @@ FLAG_TABLE = {
     # top level
     "run_dir": (None, "run_dir", "Directory for every output of this run."),
     "seed": (None, "seed", "Global random seed (data order, init)."),
-    "resume": (None, "resume", "Continue from the last checkpoint in --run_dir."),
+    "resume": (None, "resume", "Continue an unrecorded run in --run_dir (a recorded run of "
+               "the same config is always resumed)."),
+    "overwrite": (None, "overwrite", "Replace a run of another config in --run_dir."),
     # data
     "data_source": ("data", "source", "synthetic | cityscapes | tfds_cityscapes."),
     "data_dir": ("data", "data_dir", "Cityscapes root with leftImg8bit/ and gtFine/."),
@@ -66,6 +68,11 @@ FLAG_TABLE = {
     "latency_table": ("teacher", "latency_table", "Latency lookup table JSON of this device."),
     "reference_latency_table": ("teacher", "reference_latency_table",
                                 "FasterSeg's 1080Ti table JSON, for comparison."),
+    "latency_runtime": ("teacher", "latency_runtime",
+                        "tf | xla | tflite: runtime this device's latency table is timed in."),
+    "latency_compat": ("teacher", "latency_compat",
+                       "faithful | fasterseg: fasterseg reads conv_2x_downup under FasterSeg's "
+                       "conv_2x key, as its forward_latency does."),
     # student
     "student_blocks": ("student", "blocks_per_stage", "ResNet blocks per stage."),
     "student_base_width": ("student", "base_width", "ResNet stem width (64 for ResNet-50)."),
@@ -117,6 +124,10 @@ FLAG_TABLE = {
                           "Non-finite steps in a row before lbt falls back to lpt."),
     "log_every": ("search", "log_every", "Steps between log lines."),
     "distribute": ("search", "distribute", "Run under MirroredStrategy on all devices."),
+    "jit_compile": ("search", "jit_compile", "XLA-compile the search step (for GPUs)."),
+    "mixed_precision": ("search", "mixed_precision",
+                        "float32 | mixed_bfloat16: the student computes in bfloat16 (float32 "
+                        "variables, losses, hypergradient; the supernet stays float32)."),
     # retrain
     "arch": ("train", "arch", "Architecture JSON (derived or imported)."),
     "train_epochs": ("train", "epochs", "Retraining epochs."),
@@ -146,6 +157,9 @@ FLAG_TABLE = {
                               "Serving signature also returns per-class probabilities."),
     "input": ("export", "input", "predict: an image file or a folder of images."),
     "output": ("export", "output", "predict: output folder."),
+    "prediction_format": ("export", "prediction_format",
+                          "predict: color (palette + overlay PNGs) | cityscapes (label-id PNGs "
+                          "named for the official Cityscapes scorer)."),
     # pipeline / experiments
     "pipeline_root": ("pipeline", "pipeline_root", "Root of the pipeline's artifacts."),
     "serving_dir": ("pipeline", "serving_dir", "Where the pusher copies a blessed model."),
@@ -214,6 +228,14 @@ def eval_fraction(text):
         num, den = text.split("/", 1)
         return float(num) / float(den)
     return float(text)
+
+
+def flag_name(section, field) -> str:
+    """The flag of a Config field (section None: top level)."""
+    for flag, (flag_section, flag_field, _) in FLAG_TABLE.items():
+        if (flag_section, flag_field) == (section, field):
+            return flag
+    return f"{section}.{field}" if section else field
 
 
 def build_config(flag_values=flags.FLAGS) -> config_lib.Config:

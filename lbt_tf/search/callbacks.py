@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from lbt_tf.errors import LbtError
 from lbt_tf.names import PHASES
 
 
@@ -99,21 +100,28 @@ class ArchitectureLog(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         arch = self.derive_fn()
         path = os.path.join(self.run_dir, "arch", f"arch_epoch_{epoch + 1:03d}.json")
-        self.save_fn(arch, path)
-        self.save_fn(arch, os.path.join(self.run_dir, "arch.json"))
-        self.latest_path = os.path.join(self.run_dir, "arch.json")
+        self.save_fn(arch, path)  # arch.json (the found architecture) only when the run ends
+        self.latest_path = path
         values = self.arch_values()
         if logs is not None and self.previous is not None:
             # Is the search still deciding, or has every row settled? (TensorBoard + history)
             logs.update(argmax_changed(self.previous, values))
         self.previous = values
         self.history.append({"epoch": epoch + 1, "arch_values": values})
-        with open(os.path.join(self.run_dir, "arch", "arch_history.json"), "w") as f:
-            json.dump(self.history, f)
+        write_json_atomically(os.path.join(self.run_dir, "arch", "arch_history.json"),
+                              self.history, indent=None)
 
     def on_train_end(self, logs=None):
         if self.history:
             plot_arch_history(self.history, os.path.join(self.run_dir, "arch_evolution.png"))
+
+
+def write_json_atomically(path: str, value, indent=1):
+    """A kill leaves the old file or the new one, never half of one."""
+    partial = path + ".partial"
+    with open(partial, "w") as f:
+        json.dump(value, f, indent=indent)
+    os.replace(partial, path)
 
 
 def row_probabilities(value) -> np.ndarray:
@@ -194,6 +202,111 @@ class CheckpointEveryEpoch(keras.callbacks.Callback):
             self.extra_state_fn(epoch + 1, logs or {})
         path = self.manager.save(checkpoint_number=epoch + 1)
         logging.info("checkpoint %s", path)
+
+
+class DivergenceError(LbtError):
+    """A run diverged; the message names the likely flag. Nothing after the last good epoch is
+    saved."""
+
+
+class DivergenceGuard(keras.callbacks.Callback):
+    """Stops a diverging run with a DivergenceError (exit 2 from main) instead of a result:
+    - a loss above `growth` x its first finite value (a rate too large),
+    - a loss that is not finite where no step-skipping protects the weights (`skips_fn` None),
+    - more than `max_skip_fraction` of an epoch's steps skipped as non-finite (`skips_fn()`: the
+      run's count of skipped steps so far),
+    - an architecture softmax saturated (a row's top probability > 1 - `saturation`, where its
+      gradient vanishes) within the first `saturation_steps` steps that update it.
+    `loss_flags`: log key -> (flag, value) of the learning rate that drives it; `arch_values_fn`
+    gives the arch variables' values while `arch_active_fn()` says they are being updated.
+    Put it before the callbacks that save, so a diverged epoch saves nothing."""
+
+    def __init__(self, loss_flags: Dict[str, tuple], growth: float = 100.0,
+                 skips_fn: Optional[Callable] = None, max_skip_fraction: float = 0.5,
+                 arch_values_fn: Optional[Callable] = None, arch_active_fn=lambda: True,
+                 arch_flag: tuple = ("arch_lr", None), saturation: float = 1e-6,
+                 saturation_steps: int = 20, min_steps_for_fraction: int = 10):
+        super().__init__()
+        self.loss_flags = loss_flags
+        self.growth = growth
+        self.skips_fn = skips_fn
+        self.max_skip_fraction = max_skip_fraction
+        self.arch_values_fn = arch_values_fn
+        self.arch_active_fn = arch_active_fn
+        self.arch_flag = arch_flag
+        self.saturation = saturation
+        self.saturation_steps = saturation_steps
+        self.min_steps_for_fraction = min_steps_for_fraction
+        self.reference: Dict[str, float] = {}
+        self.arch_steps = 0
+        self.epoch = 0
+        self.steps_in_epoch = 0
+        self.skips_at_epoch_begin = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch, self.steps_in_epoch = epoch, 0
+        self.skips_at_epoch_begin = self.skips_fn() if self.skips_fn is not None else 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        logs = logs or {}
+        self.steps_in_epoch += 1
+        self._check_losses(logs, f"epoch {self.epoch + 1} step {batch + 1}")
+        if self.steps_in_epoch >= self.min_steps_for_fraction:
+            self._check_skips(f"epoch {self.epoch + 1}")
+        if self.arch_values_fn is not None and self.arch_active_fn():
+            self.arch_steps += 1
+            if self.arch_steps <= self.saturation_steps:
+                self._check_saturation(f"epoch {self.epoch + 1} step {batch + 1}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        self._check_losses(logs, f"epoch {epoch + 1}")
+        self._check_skips(f"epoch {epoch + 1}")
+
+    def _fail(self, where, what, flag):
+        name, value = flag
+        raise DivergenceError(f"the run diverged at {where}: {what}; the likely cause is "
+                              f"--{name}" + ("" if value is None else f"={value:g}") +
+                              " (lower it)")
+
+    def _check_losses(self, logs, where):
+        for key, flag in self.loss_flags.items():
+            if key not in logs:
+                continue
+            value = float(logs[key])
+            if not np.isfinite(value):
+                if self.skips_fn is None:  # nothing protected the weights from this step
+                    self._fail(where, f"{key} is {value}", flag)
+                continue  # skipped steps are judged by their fraction
+            first = self.reference.setdefault(key, value)
+            if first > 0 and value > self.growth * first:
+                self._fail(where, f"{key} {value:.4g} is {value / first:.3g}x its first value "
+                                  f"{first:.4g} (limit {self.growth:g}x)", flag)
+
+    def _check_skips(self, where):
+        if self.skips_fn is None or not self.steps_in_epoch:
+            return
+        skipped = self.skips_fn() - self.skips_at_epoch_begin
+        fraction = skipped / self.steps_in_epoch
+        if fraction > self.max_skip_fraction:
+            flags = " or ".join(f"--{name}" for name, _ in self.loss_flags.values())
+            raise DivergenceError(
+                f"the run diverged at {where}: {int(skipped)} of {self.steps_in_epoch} steps "
+                f"were non-finite and skipped (limit {self.max_skip_fraction:.0%}); the likely "
+                f"cause is a too large {flags} or --arch_lr (lower them)")
+
+    def _check_saturation(self, where):
+        for name, value in self.arch_values_fn().items():
+            logits = np.asarray(value, np.float64)
+            logits = logits.reshape(-1, logits.shape[-1])
+            probs = np.exp(logits - logits.max(-1, keepdims=True))
+            top = (probs / probs.sum(-1, keepdims=True)).max(-1)
+            if logits.shape[-1] > 1 and (not np.all(np.isfinite(logits))
+                                         or top.max() > 1.0 - self.saturation):
+                self._fail(where, f"the softmax of {name} saturated after {self.arch_steps} "
+                                  f"architecture step(s) (max |logit| "
+                                  f"{np.nanmax(np.abs(logits)):.3g}; its gradient vanishes)",
+                           self.arch_flag)
 
 
 class PhaseProgbar(keras.callbacks.ProgbarLogger):
