@@ -259,8 +259,8 @@ def run_search_quality(config, options: QualityOptions) -> Dict[str, str]:
     out_dir = config.run_dir
     lock = FileLock(options.lock_path) if options.lock_path else contextlib.nullcontext()
     d = config.data
-    table_path = config.teacher.latency_table or os.path.join(
-        out_dir, f"latency_table_{d.image_height}x{d.image_width}.json")
+    # One table for every search and prediction of the bench (measured once, under the lock).
+    table_path = latency.default_table_path(config)
     config = config_lib.replace(config, **{"teacher.latency_table": table_path})
     with lock:
         table, _ = latency.table_for_config(config)
