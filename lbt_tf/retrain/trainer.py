@@ -174,8 +174,6 @@ def run_train(config: Config):
     arch = network_lib.load_arch(t.arch)
     out_dir = network_lib.train_dir(config)
     plan = run_record.check(config, "train", out_dir, OUTPUTS)  # refuses before any work
-    if config.data.deterministic:  # with the seeded data: the same run, resumed or not
-        tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)  # before the data: its shuffles use the global seed
     input_hw = (config.data.crop_height, config.data.crop_width)
     dataset, batches_per_pass = training_dataset(config)  # files checked before writing

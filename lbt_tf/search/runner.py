@@ -185,8 +185,6 @@ def _run_search(config) -> SearchResult:
     plan = run_record.check(config, "search", run_dir, OUTPUTS)  # refuses before any work
     state = _load_state(run_dir) if plan.resume else {}
     mode = state.get("mode", cfg.mode)
-    if config.data.deterministic:  # with the seeded data: the same run, resumed or not
-        tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)  # before the data: its shuffles use the global seed
     # The data (every file listed and checked) before any model is built or table measured.
     train, val, steps = make_search_input(config, mode, seed=config.seed)
