@@ -199,7 +199,12 @@ def _run_search(config) -> SearchResult:
     manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=2)
     initial_epoch = 0
     if resume and manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        try:
+            checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        except AssertionError as err:  # another model, or an older lbt_tf's checkpoint
+            raise DataError(f"{manager.latest_checkpoint} does not fit this search's models "
+                            f"({str(err).splitlines()[0][:200]}); use another --run_dir or "
+                            "--overwrite") from None
         initial_epoch = int(epoch_variable.numpy())
         print(f"search: resumed from {manager.latest_checkpoint} at epoch {initial_epoch} "
               f"(mode {mode})")
