@@ -1,46 +1,139 @@
-"""Rank correlation between table-predicted and measured latency of random derived networks.
+"""Does the latency table rank real networks? Predicted vs measured latency of derived networks.
 
-  python bench/latency_rank.py --flagfile=configs/demo.flags [--bench_networks=10]
-Measures (or re-uses) this device's latency table for the configured image size, derives
-networks from random arch parameters of the configured supernet, predicts each network's
-latency from the table and times it end to end (eager and tf.function, batch 1), then prints
-Spearman's rho for both.
+  flock /tmp/heavy.lock python bench/latency_rank.py --flagfile=configs/demo.flags \
+      [--bench_networks=24] [--bench_sizes=64x128,256x512] [--bench_runtimes=tf,tflite]
+
+Samples --bench_networks derived networks across the configured search space (random arch
+parameters with a per-network bias on operators and widths, so that cheap and expensive ones
+both appear; both branch pairs 8+32 and 16+32, so all three branches) plus FasterSeg's
+arch_0/arch_1 shapes at the configured base width. For every runtime and size it predicts each
+network from this device's table (`derived_latency`, timed in that runtime, entries timed on
+first use and cached) and times the whole network in the same runtime (`measure_network`),
+then prints Spearman's rho, Kendall's tau and the median / max |predicted / measured - 1|, and
+draws all pairs in --bench_plot.
 """
-from absl import app, flags
+import os
+import time
+
+from absl import app, flags, logging
 import numpy as np
-import tensorflow as tf
 from scipy import stats
 
-from lbt_tf import flags as lbt_flags
-from lbt_tf.models.fasterseg import build_derived_network, derive_architecture, latency
+from lbt_tf import config as config_lib, flags as lbt_flags
+from lbt_tf.models.fasterseg import (build_derived_network, derive_architecture, import_fasterseg,
+                                     latency, timing)
 from lbt_tf.models.fasterseg.space import arch_variable_shapes, searched_widths
 
-flags.DEFINE_integer("bench_networks", 10, "Random derived networks to time.")
+flags.DEFINE_integer("bench_networks", 24, "Random derived networks (plus arch_0/arch_1).")
+flags.DEFINE_list("bench_sizes", None, "HxW input sizes (default: the config's and 256x512).")
+flags.DEFINE_list("bench_runtimes", ["tf", "tflite"], "Runtimes (tf, xla, tflite).")
+flags.DEFINE_integer("bench_runs", 10, "Timed runs per network (median).")
+flags.DEFINE_string("bench_plot", "latency_rank.png", "Scatter plot of predicted vs measured.")
+flags.DEFINE_string("bench_fasterseg_dir",
+                    os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fasterseg"),
+                    "Folder with FasterSeg's arch_0.json / arch_1.json (skipped when absent).")
+
+
+def sample_architectures(teacher, count, seed):
+    """[(name, arch, base_width)] spread over the space: ops, widths and branches."""
+    rng = np.random.default_rng(seed)
+    shapes = arch_variable_shapes(teacher.layers, len(searched_widths(teacher)))
+    networks = []
+    for n in range(count):
+        op_bias = rng.normal(scale=2.0, size=5)
+        width_bias = rng.uniform(-3.0, 3.0) * np.linspace(-1.0, 1.0, len(searched_widths(teacher)))
+        arrays = {}
+        for name, shape in shapes.items():
+            arrays[name] = rng.normal(size=shape)
+            if name.startswith("alpha"):
+                arrays[name] += op_bias
+            elif name.startswith("gamma"):
+                arrays[name] += width_bias
+        arch = derive_architecture(arrays, teacher,
+                                   branch_selection=("strides_8_32", "strides_16_32")[n % 2])
+        networks.append((f"random_{n}", arch, teacher.base_width))
+    for index in (0, 1):
+        path = os.path.join(flags.FLAGS.bench_fasterseg_dir, f"arch_{index}.json")
+        if os.path.exists(path):
+            networks.append((f"arch_{index}", import_fasterseg(path, teacher.base_width),
+                             teacher.base_width))
+        else:
+            print(f"{path} not found: arch_{index} left out")
+    return networks
+
+
+def rank_statistics(predicted, measured):
+    predicted, measured = np.asarray(predicted), np.asarray(measured)
+    error = np.abs(predicted / measured - 1.0)
+    return {"rho": stats.spearmanr(predicted, measured)[0],
+            "tau": stats.kendalltau(predicted, measured)[0],
+            "median_error": float(np.median(error)), "max_error": float(np.max(error))}
+
+
+def plot(results, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 4.0), squeeze=False)
+    for ax, ((runtime, size), row) in zip(axes[0], results.items()):
+        pred, meas = np.array(row["predicted"]), np.array(row["measured"])
+        ax.scatter(meas, pred, s=14)
+        lo, hi = min(pred.min(), meas.min()) * 0.8, max(pred.max(), meas.max()) * 1.25
+        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        s = row["stats"]
+        ax.set_title(f"{runtime} {size}: rho {s['rho']:.2f}, med err {100 * s['median_error']:.0f}%",
+                     fontsize=9)
+        ax.set_xlabel("measured (ms)")
+        ax.set_ylabel("predicted (ms)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def main(argv):
+    logging.set_verbosity(logging.WARNING)   # the TFLite converter logs every conversion
     config = lbt_flags.build_config()
     d, tc = config.data, config.teacher
-    table, path = latency.table_for_config(config)
-    print(f"latency table: {path} ({len(table)} entries)")
-    rng = np.random.default_rng(config.seed)
-    shapes = arch_variable_shapes(tc.layers, len(searched_widths(tc)))
-    predicted, eager, compiled = [], [], []
-    for n in range(flags.FLAGS.bench_networks):
-        arrays = {k: rng.normal(scale=2.0, size=s) for k, s in shapes.items()}
-        arch = derive_architecture(arrays, tc, branch_selection=("strides_8_32", "strides_16_32")[n % 2])
-        net = build_derived_network(arch, d.num_classes, (d.image_height, d.image_width, 3),
-                                    aux_heads=False)
-        images = tf.random.normal([1, d.image_height, d.image_width, 3])
-        predicted.append(latency.derived_latency(arch, table, d.num_classes, d.image_height,
-                                                 d.image_width)["total"])
-        eager.append(latency.time_callable(lambda x: net(x, training=False), images, 5, 2))
-        run = tf.function(lambda x: net(x, training=False))
-        compiled.append(latency.time_callable(run, images, 5, 2))
-        print(f"net {n}: predicted {predicted[-1]:.2f} ms, eager {eager[-1]:.2f} ms, "
-              f"tf.function {compiled[-1]:.2f} ms")
-    print(f"spearman(predicted, eager)={stats.spearmanr(predicted, eager)[0]:.3f}")
-    print(f"spearman(predicted, tf.function)={stats.spearmanr(predicted, compiled)[0]:.3f}")
+    sizes = flags.FLAGS.bench_sizes or [f"{d.image_height}x{d.image_width}", "256x512"]
+    networks = sample_architectures(tc, flags.FLAGS.bench_networks, config.seed)
+    print(f"{len(networks)} networks, layers={tc.layers} F={tc.base_width}, load average "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at start")
+    results = {}
+    for runtime in flags.FLAGS.bench_runtimes:
+        for size in sizes:
+            height, width = (int(v) for v in size.split("x"))
+            sized = config_lib.replace(config, **{"data.image_height": height,
+                                                  "data.image_width": width,
+                                                  "teacher.latency_runtime": runtime})
+            table, path = latency.table_for_config(sized, measure=False)
+            start = time.perf_counter()
+            predicted, runners = [], []
+            for name, arch, base_width in networks:
+                predicted.append(latency.derived_latency(arch, table, d.num_classes, height,
+                                                         width, base_width)["total"])
+                network = build_derived_network(arch, d.num_classes, (height, width, 3),
+                                                base_width, aux_heads=False)
+                runners.append(latency.network_runner(network, height, width, runtime))
+            table.save()
+            measured = timing.interleaved_medians(runners, flags.FLAGS.bench_runs)
+            for (name, _, _), p, m in zip(networks, predicted, measured):
+                print(f"  {runtime} {size} {name}: predicted {p:.3f} ms, measured {m:.3f} ms")
+            row = {"predicted": predicted, "measured": measured,
+                   "stats": rank_statistics(predicted, measured)}
+            results[(runtime, size)] = row
+            s = row["stats"]
+            print(f"{runtime} {size}: Spearman rho {s['rho']:.3f}, Kendall tau {s['tau']:.3f}, "
+                  f"|pred/meas - 1| median {100 * s['median_error']:.1f}% max "
+                  f"{100 * s['max_error']:.1f}%, measured {min(measured):.2f}-{max(measured):.2f} ms "
+                  f"({time.perf_counter() - start:.0f} s; table {path})", flush=True)
+    plot(results, flags.FLAGS.bench_plot)
+    print("\nruntime size       rho    tau    median|err|  max|err|")
+    for (runtime, size), row in results.items():
+        s = row["stats"]
+        print(f"{runtime:<7} {size:<10} {s['rho']:.3f}  {s['tau']:.3f}  {100 * s['median_error']:9.1f}%  "
+              f"{100 * s['max_error']:7.1f}%")
+    print(f"plot: {flags.FLAGS.bench_plot}; load average {os.getloadavg()[0]:.1f} at the end")
 
 
 if __name__ == "__main__":

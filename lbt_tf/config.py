@@ -76,6 +76,8 @@ class TeacherConfig:
     branch_selection: str = "acc_lat"     # acc_lat | strides_8_32 | strides_16_32
     latency_table: Optional[str] = None   # measured table (JSON); measured & cached when missing
     reference_latency_table: Optional[str] = None  # FasterSeg's 1080Ti table, for comparison
+    latency_runtime: str = "tf"           # tf | xla | tflite: how this device's table is timed
+    latency_compat: str = "faithful"      # faithful | fasterseg (its conv_2x_downup key slip)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,12 +117,14 @@ class SearchConfig:
     student_val_weight: float = 1.0
     student_aux_weight: float = 0.4       # student's auxiliary-head CE in its training losses
     pseudo_labels: str = "soft"           # soft | hard (for the real student step)
-    finite_difference_scale: float = 0.01
+    finite_difference_scale: float = 1e-3  # measured: bench/finite_difference_eps.py
     reuse_step_gradients: bool = True     # lbt: weight steps reuse the arch step's gradients
     arch_signal_every: int = 1            # lbt: split ||grad_A|| into its terms every N arch steps
     max_skipped_steps: int = 5            # in a row, then lbt falls back to lpt
     log_every: int = 10
     distribute: bool = False              # MirroredStrategy over the available devices
+    jit_compile: bool = False             # XLA-compile the search step (GPU)
+    mixed_precision: str = "float32"      # names.SEARCH_PRECISIONS: the models' dtype policy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,7 +275,9 @@ def validate(config: Config) -> Config:
     s = config.search
     for flag, value, allowed in (("search_mode", s.mode, names.SEARCH_MODES),
                                  ("hypergrad", s.hypergrad, names.HYPERGRADS),
-                                 ("pseudo_labels", s.pseudo_labels, names.PSEUDO_LABELS)):
+                                 ("pseudo_labels", s.pseudo_labels, names.PSEUDO_LABELS),
+                                 ("mixed_precision", s.mixed_precision,
+                                  names.SEARCH_PRECISIONS)):
         if value not in allowed:
             raise ConfigError(f"--{flag}={value!r}: expected one of {', '.join(allowed)}")
     if config.student.output_stride not in (8, 16):
@@ -279,6 +285,12 @@ def validate(config: Config) -> Config:
                           "expected 8 or 16")
     if config.teacher.layers < 3:
         raise ConfigError(f"--layers={config.teacher.layers}: need at least 3 cells")
+    if config.teacher.latency_runtime not in ("tf", "xla", "tflite"):
+        raise ConfigError(f"--latency_runtime={config.teacher.latency_runtime!r}: expected tf, "
+                          "xla or tflite")
+    if config.teacher.latency_compat not in ("faithful", "fasterseg"):
+        raise ConfigError(f"--latency_compat={config.teacher.latency_compat!r}: expected "
+                          "faithful or fasterseg")
     if config.eval.mode not in ("whole", "sliding"):
         raise ConfigError(f"--eval_mode={config.eval.mode!r}: expected whole or sliding")
     if config.export.prediction_format not in PREDICTION_FORMATS:

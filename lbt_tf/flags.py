@@ -70,6 +70,11 @@ FLAG_TABLE = {
     "latency_table": ("teacher", "latency_table", "Latency lookup table JSON of this device."),
     "reference_latency_table": ("teacher", "reference_latency_table",
                                 "FasterSeg's 1080Ti table JSON, for comparison."),
+    "latency_runtime": ("teacher", "latency_runtime",
+                        "tf | xla | tflite: runtime this device's latency table is timed in."),
+    "latency_compat": ("teacher", "latency_compat",
+                       "faithful | fasterseg: fasterseg reads conv_2x_downup under FasterSeg's "
+                       "conv_2x key, as its forward_latency does."),
     # student
     "student_blocks": ("student", "blocks_per_stage", "ResNet blocks per stage."),
     "student_base_width": ("student", "base_width", "ResNet stem width (64 for ResNet-50)."),
@@ -121,6 +126,10 @@ FLAG_TABLE = {
                           "Non-finite steps in a row before lbt falls back to lpt."),
     "log_every": ("search", "log_every", "Steps between log lines."),
     "distribute": ("search", "distribute", "Run under MirroredStrategy on all devices."),
+    "jit_compile": ("search", "jit_compile", "XLA-compile the search step (for GPUs)."),
+    "mixed_precision": ("search", "mixed_precision",
+                        "float32 | mixed_bfloat16: the student computes in bfloat16 (float32 "
+                        "variables, losses, hypergradient; the supernet stays float32)."),
     # retrain
     "arch": ("train", "arch", "Architecture JSON (derived or imported)."),
     "train_epochs": ("train", "epochs", "Retraining epochs."),

@@ -18,3 +18,6 @@ FIRST_ORDER_MODES = ("fasterseg", "lpt")     # T' = T, S' = S: no unrolling
 HYPERGRADS = ("exact", "finite_difference")  # how lbt differentiates through the unrolled step
 PHASES = ("warmup", "search")                # A frozen / A updated
 PSEUDO_LABELS = ("soft", "hard")             # the real student step's pseudo-labels
+# Keras dtype policies of the search's student: float32, or bfloat16 compute with float32
+# variables, losses and hypergradient (GPU/TPU; no loss scaling); the supernet stays float32.
+SEARCH_PRECISIONS = ("float32", "mixed_bfloat16")

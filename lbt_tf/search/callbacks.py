@@ -86,16 +86,27 @@ class ArchitectureLog(keras.callbacks.Callback):
         self.save_fn = save_fn
         self.history = history if history is not None else []
         self.latest_path = None
+        self.previous = history[-1]["arch_values"] if history else None
         os.makedirs(os.path.join(run_dir, "arch"), exist_ok=True)
 
+    def on_train_begin(self, logs=None):
+        if self.previous is None:
+            self.previous = self.arch_values()
+
+    def arch_values(self) -> Dict[str, list]:
+        return {v.name: np.asarray(v.numpy()).tolist()  # name: stable across builds
+                for v in self.model.teacher_learner.arch_variables}
+
     def on_epoch_end(self, epoch, logs=None):
-        model = self.model
         arch = self.derive_fn()
         path = os.path.join(self.run_dir, "arch", f"arch_epoch_{epoch + 1:03d}.json")
         self.save_fn(arch, path)  # arch.json (the found architecture) only when the run ends
         self.latest_path = path
-        values = {v.name: np.asarray(v.numpy()).tolist()  # name: stable across builds
-                  for v in model.teacher_learner.arch_variables}
+        values = self.arch_values()
+        if logs is not None and self.previous is not None:
+            # Is the search still deciding, or has every row settled? (TensorBoard + history)
+            logs.update(argmax_changed(self.previous, values))
+        self.previous = values
         self.history.append({"epoch": epoch + 1, "arch_values": values})
         write_json_atomically(os.path.join(self.run_dir, "arch", "arch_history.json"),
                               self.history, indent=None)
@@ -113,36 +124,66 @@ def write_json_atomically(path: str, value, indent=1):
     os.replace(partial, path)
 
 
+def row_probabilities(value) -> np.ndarray:
+    """Softmax of every row of an arch variable, as [rows, choices]."""
+    logits = np.asarray(value, dtype=np.float64)
+    logits = logits.reshape(-1, logits.shape[-1]) if logits.ndim else logits.reshape(1, 1)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    return probs / probs.sum(-1, keepdims=True)
+
+
+def argmax_changed(previous: Dict, current: Dict) -> Dict[str, float]:
+    """arch_argmax_changed_<alpha|beta|gamma>: fraction of the rows of that kind of arch
+    variable whose argmax differs between two snapshots (name -> values)."""
+    changed: Dict[str, List[int]] = {}
+    for name, value in current.items():
+        kind = name.split("/")[-1].split("_")[0].split(":")[0]
+        before = np.argmax(row_probabilities(previous[name]), -1)
+        now = np.argmax(row_probabilities(value), -1)
+        counts = changed.setdefault(f"arch_argmax_changed_{kind}", [0, 0])
+        counts[0] += int((before != now).sum())
+        counts[1] += now.size
+    return {key: n / max(total, 1) for key, (n, total) in sorted(changed.items())}
+
+
 def plot_arch_history(history: List[Dict], path: str):
-    """One panel per arch variable: softmax weight of each choice (mean over rows) per epoch."""
+    """One heatmap per arch variable: rows x epochs, colour = the row's argmax choice, opacity
+    = how peaked its softmax is (transparent: uniform, opaque: one-hot), max prob written in."""
     import matplotlib
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
+    from matplotlib.patches import Patch
 
     names = list(history[0]["arch_values"].keys())
     epochs = [h["epoch"] for h in history]
     cols = min(3, len(names))
     rows = (len(names) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
+    colours = plt.get_cmap("tab10").colors
     for ax, name in zip(axes.flat, names):
-        series = []
-        for h in history:
-            logits = np.asarray(h["arch_values"][name], dtype=np.float64)
-            logits = logits.reshape(-1, logits.shape[-1]) if logits.ndim else logits.reshape(1, 1)
-            probs = np.exp(logits - logits.max(-1, keepdims=True))
-            probs /= probs.sum(-1, keepdims=True)
-            series.append(probs.mean(0))
-        series = np.stack(series)
-        for k in range(series.shape[1]):
-            ax.plot(epochs, series[:, k], marker="o", label=f"choice {k}")
-        ax.set_title(name.split("/")[-1], fontsize=8)
-        ax.set_xlabel("epoch")
-        ax.set_ylim(0, 1)
-        ax.legend(fontsize=6)
+        probs = np.stack([row_probabilities(h["arch_values"][name]) for h in history], 1)
+        choices = probs.shape[-1]
+        best, top = probs.argmax(-1), probs.max(-1)            # [rows, epochs]
+        peaked = np.clip((top - 1.0 / choices) / max(1.0 - 1.0 / choices, 1e-9), 0, 1)
+        image = np.ones(best.shape + (4,))
+        image[..., :3] = np.asarray(colours)[best % len(colours)]
+        image[..., 3] = 0.2 + 0.8 * np.sqrt(peaked)
+        ax.imshow(image, aspect="auto", interpolation="nearest",
+                  extent=(epochs[0] - 0.5, epochs[-1] + 0.5, best.shape[0] - 0.5, -0.5))
+        if best.size <= 400:
+            for (r, e), p in np.ndenumerate(top):
+                ax.text(epochs[e], r, f"{p:.2f}", ha="center", va="center", fontsize=5)
+        ax.set_title(f"{name.split('/')[-1]}: argmax per row (text: max prob)", fontsize=7)
+        ax.set_xlabel("epoch", fontsize=7)
+        ax.set_ylabel("row", fontsize=7)
+        ax.set_yticks(range(0, best.shape[0], max(1, best.shape[0] // 16)))
+        ax.legend(handles=[Patch(color=colours[k % len(colours)], label=f"choice {k}")
+                           for k in range(choices)], fontsize=5, loc="upper right",
+                  bbox_to_anchor=(1.3, 1.0))
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=90)
     plt.close(fig)
 
 

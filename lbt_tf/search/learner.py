@@ -108,7 +108,7 @@ def teacher_seg_loss(outputs, labels, ignore_label):
 
 def teacher_probabilities(outputs, size):
     """Soft pseudo-labels: softmax of the mean logits, up-sampled (twice differentiable)."""
-    mean_logits = tf.add_n(list(outputs)) / float(len(outputs))
+    mean_logits = losses.at_least_float32(tf.add_n(list(outputs)) / float(len(outputs)))
     return resize_bilinear(tf.nn.softmax(mean_logits, axis=-1), size)
 
 

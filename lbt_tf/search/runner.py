@@ -93,11 +93,15 @@ def build_search_model(config, mode: Optional[str] = None):
     strategy scope)."""
     mode = mode or config.search.mode
     d = config.data
+    # The supernet stays float32 under --mixed_precision: its second-order path (A through the
+    # virtual teacher step) in bfloat16 points elsewhere (cosine 0.49 to float32 on the demo
+    # config; the student in bfloat16: 0.9998); see tests/search/test_mixed_precision.py.
     supernet = build_supernet(config)
     student = None
     if mode != "fasterseg":
         from lbt_tf.models.deeplab import build_student_from_config
-        student = build_student_from_config(config)  # crop-sized input, pretrained if set
+        with dtype_policy(config.search.mixed_precision):  # layers keep the policy built with
+            student = build_student_from_config(config)  # crop-sized input, pretrained if set
     if supernet.latency_table is None:
         from lbt_tf.models.fasterseg.latency import table_for_config
         table, path = table_for_config(config)  # this device's table, measured once and cached
@@ -108,7 +112,7 @@ def build_search_model(config, mode: Optional[str] = None):
     model = LBTSearch(supernet, student, config.search, ignore_label=d.ignore_label,
                       num_classes=d.num_classes, latency_fn=supernet.expected_latency,
                       latency_weight=latency_weight, mode=mode)
-    model.compile()
+    model.compile(jit_compile=config.search.jit_compile)
     return model
 
 
@@ -132,6 +136,21 @@ def model_variables(model):
     checkpoint explicitly: a tf.train.Checkpoint of these Keras 3 models saves only what the
     optimizers reference (the trainable weights), not the statistics or RNG states."""
     return [v.value for v in model.variables]
+
+
+@contextlib.contextmanager
+def dtype_policy(name):
+    """Keras' global dtype policy set to `name` (mixed_bfloat16: bfloat16 compute, float32
+    variables) while models are built, restored afterwards; "float32" keeps the current one."""
+    if name == "float32":
+        yield
+        return
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 def _checkpoint(model, epoch_variable):
@@ -278,9 +297,7 @@ def _run_search(config) -> SearchResult:
 def _print_result(result: SearchResult, config):
     from lbt_tf.models.fasterseg import describe, latency as latency_lib
     print("\n=== found architecture ===")
-    table_path = latency_lib.default_table_path(config)
-    table = (latency_lib.LatencyTable.load(table_path, measure_missing=True, runs=3, warmup=1)
-             if os.path.exists(table_path) else None)
+    table = latency_lib.table_for_config(config, measure=False)[0]   # as --mode=measure_latency
     for line in describe.describe_lines(result.architecture, config, table):
         print(line)
     print(f"architecture JSON: {result.arch_path}")

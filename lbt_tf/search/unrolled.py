@@ -1,5 +1,4 @@
 """The LBT architecture update, unrolled one step (shared/seed/lbt-fasterseg-paper.txt §4):
-
     (1) T' = T - xi_t grad_T L(T, A; D_t^tr)                                 virtual_teacher_step
     (2) S' = S - xi_s grad_S [L(S; D_s^tr) + lambda L_soft(S; P(T', A; D_u))] virtual_student_step
     (3) F(A) = L(T', A; D_t^val) + w_sv L(S'; D_s^val) + lambda_lat Lat(A)     unrolled_objective
@@ -19,6 +18,7 @@ from typing import Callable, Optional
 import tensorflow as tf
 
 from lbt_tf import names
+from lbt_tf.config import SearchConfig
 from lbt_tf.search import learner as lrn
 from lbt_tf.search.finite_difference import finite_difference_hypergradient
 from lbt_tf.search.learner import ArchGradient, Batches, Learner, StepGradients, checked_gradients
@@ -34,7 +34,7 @@ class SearchProblem:
     latency_fn: Optional[Callable] = None   # arch values -> expected latency (ms), differentiable
     pseudo_label_weight: float = 1.0
     student_val_weight: float = 1.0
-    finite_difference_scale: float = 0.01
+    finite_difference_scale: float = SearchConfig.finite_difference_scale
     student_aux_weight: float = 0.0         # aux-head CE in the student's loss L(S; D)
 
     def teacher_loss(self, weights, arch, batch):

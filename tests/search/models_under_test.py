@@ -7,6 +7,7 @@ for tests that need a model that small.
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import keras
 import numpy as np
@@ -19,6 +20,7 @@ from lbt_tf.models.fasterseg import build_supernet
 from lbt_tf.search.lbt_model import LBTSearch
 from tests.search.stand_ins import build_tiny
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODELS = ("stand_in", "real")
 HEIGHT, WIDTH, NUM_CLASSES = 64, 128, 3
 # The stand-in search under `fit` (test_lbt_model, distributed_check).
@@ -81,3 +83,62 @@ def search_dataset(steps, batch=2, poison_from=None):
 def values(variables):
     """Copies of the variables' current values."""
     return [v.numpy().copy() for v in variables]
+
+
+def flagfile_config(path):
+    """The Config of a shipped flagfile (configs/*.flags), parsed on fresh FlagValues."""
+    from absl import flags
+
+    from lbt_tf import flags as lbt_flags
+    flag_values = flags.FlagValues()
+    for name in list(lbt_flags.FLAG_TABLE) + ["mode"]:
+        flag_values[name] = flags.FLAGS[name]
+    flag_values.unparse_flags()
+    flag_values(["prog", f"--flagfile={path}"])
+    return lbt_flags.build_config(flag_values)
+
+
+def demo_problem(seed=0):
+    """(SearchProblem, Batches, xi_t, xi_s) at configs/demo.flags (float32, fixed seeds, widths
+    not sampled), on one batch of the demo's synthetic search input. No latency term: it has its
+    own tape, the same for every hypergradient method."""
+    from lbt_tf.models.deeplab import build_student_from_config
+    from lbt_tf.search import learner, runner, unrolled
+
+    config = flagfile_config(os.path.join(ROOT, "configs", "demo.flags"))
+    keras.utils.set_random_seed(seed)
+    supernet = build_supernet(config)
+    supernet.sample_widths = False
+    student = build_student_from_config(config)
+    s = config.search
+    problem = unrolled.SearchProblem(
+        teacher=learner.Learner(supernet, supernet.arch_variables),
+        student=learner.Learner(student), ignore_label=config.data.ignore_label,
+        pseudo_label_weight=s.pseudo_label_weight, student_val_weight=s.student_val_weight,
+        finite_difference_scale=s.finite_difference_scale,
+        student_aux_weight=s.student_aux_weight)
+    train, _, _ = runner.make_search_input(config, s.mode, seed)
+    batches = learner.Batches.from_dict(next(iter(train)))
+    return problem, batches, s.teacher_lr, s.student_lr
+
+
+# The arch tensor groups of the supernet: alpha_*, beta_*, gamma_*.
+GROUPS = ("alpha", "beta", "gamma")
+
+
+def by_group(problem, grads):
+    """{group: the group's gradients flattened into one vector}."""
+    names = [n.split("/")[-1] for n in problem.teacher.arch_names]
+    return {g: tf.concat([tf.reshape(t, [-1]) for n, t in zip(names, grads) if n.startswith(g)],
+                         0) for g in GROUPS}
+
+
+def agreement(problem, approx, exact):
+    """{group: (cosine, relative norm error)} of two arch gradients."""
+    approx, exact = by_group(problem, approx), by_group(problem, exact)
+    out = {}
+    for group in GROUPS:
+        a, e = approx[group], exact[group]
+        cosine = tf.reduce_sum(a * e) / (tf.norm(a) * tf.norm(e))
+        out[group] = (float(cosine), float(tf.norm(a - e) / tf.norm(e)))
+    return out

@@ -72,9 +72,12 @@ def test_run_search_writes_every_output(tmp_path, builders):
         assert [step for step, _ in scalars[tag]] == [0, 1, 2], tag  # one per epoch
         assert all(np.isfinite(value) for _, value in scalars[tag]), tag
     assert all(value == 0 for _, value in scalars["train/epoch_skipped_steps"])
+    changed = scalars["train/epoch_arch_argmax_changed_alpha"]   # vs the previous epoch
+    assert len(changed) == 3 and all(0.0 <= value <= 1.0 for _, value in changed)
     state = json.load(open(tmp_path / runner.STATE_FILE))
     for key in ("teacher_loss", "student_loss", "val_teacher_miou", "val_student_miou",
-                "expected_latency_ms", "skipped_steps", "arch_grad_norm"):
+                "expected_latency_ms", "skipped_steps", "arch_grad_norm",
+                "arch_argmax_changed_alpha", "arch_argmax_changed_beta"):
         assert key in state["history"][-1], key
     assert tf.train.latest_checkpoint(result.checkpoint_dir).endswith("-3")
     assert [h["epoch"] for h in result.history] == [1, 2, 3]

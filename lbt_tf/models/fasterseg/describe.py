@@ -2,20 +2,10 @@
 estimated latency) ending with `trainable_params=<N>` of the derived network (no aux heads)."""
 from __future__ import annotations
 
-import os
-
 from lbt_tf.config import ConfigError
 from lbt_tf.models.fasterseg import genotype, latency as latency_lib
 from lbt_tf.models.fasterseg.derived import build_derived_network, network_plan
 from lbt_tf.models.fasterseg.space import OP_NAMES
-
-
-def _latency_table(config):
-    """The configured/cached table when there is one; otherwise entries measured on demand."""
-    path = latency_lib.default_table_path(config)
-    if os.path.exists(path):
-        return latency_lib.LatencyTable.load(path, measure_missing=True, runs=3, warmup=1), path
-    return latency_lib.LatencyTable({}, measure_missing=True, runs=3, warmup=1), None
 
 
 def describe_lines(arch, config, table=None):
@@ -45,7 +35,9 @@ def describe_lines(arch, config, table=None):
     if estimate is not None:
         lines.append(f"estimated latency at {d.image_height}x{d.image_width}: stem "
                      f"{estimate['stem']:.3f} ms, fusion+head {estimate['fusion']:.3f} ms, "
-                     f"total {estimate['total']:.3f} ms")
+                     + (f"overhead+resizes+concats {estimate['glue']:.3f} ms, "
+                        if "glue" in estimate else "")
+                     + f"total {estimate['total']:.3f} ms")
     return lines
 
 
@@ -54,11 +46,13 @@ def run_describe_arch(config):
         raise ConfigError("--mode=describe_arch needs --arch=PATH (architecture JSON)")
     arch = genotype.load_architecture(config.train.arch)
     d = config.data
-    table, table_path = _latency_table(config)
+    # the configured/cached table; this device's times missing entries on first use
+    table, table_path = latency_lib.table_for_config(config, measure=False)
     for line in describe_lines(arch, config, table):
         print(line)
-    if table_path:
-        print(f"latency table: {table_path}")
+    if table.own:
+        table.save()
+    print(f"latency table: {table_path} (--latency_compat={table.compat})")
     network = build_derived_network(arch, d.num_classes, (d.image_height, d.image_width, 3),
                                     aux_heads=False)
     print(f"trainable_params={network.count_params()}")

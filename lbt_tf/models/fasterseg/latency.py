@@ -1,17 +1,27 @@
 """Latency lookup tables (FasterSeg latency/latency_lookup_table.py) and differentiable latency.
 
-(a) `LatencyTable` measures each distinct operator configuration on this device (batch 1,
-    inference, `tf.function`, warm-up runs then the median of timed runs) under FasterSeg-style
-    keys, e.g. `BasicResidual2x_H8_W16_Cin32_Cout32_stride1_dilation1`, and caches it as JSON
-    with a `meta` block; the cache is re-used when device and input size match.
-(b) `LatencyTable.load` also reads FasterSeg's own table (a plain key -> ms JSON).
-(c) `SupernetLatencyModel`: the expected latency of the supernet under softmax(alpha), the beta
+(a) `LatencyTable`: milliseconds per operator configuration under FasterSeg-style keys, e.g.
+    `BasicResidual2x_H8_W16_Cin32_Cout32_stride1_dilation1`. This device's own table is timed
+    the way the network runs (timing.py: compiled for `--latency_runtime` tf|xla|tflite, batch
+    1, warm-up, median): each entry is the op's time minus the fixed per-call overhead, which
+    is an entry of its own ("overhead") counted once per network, like the resizes and concats
+    between the ops ("glue": `resize_*`, `concat_*`). The JSON's `meta` records device,
+    runtime, TF version and size; the file is re-used when they match.
+(b) A table from another device (FasterSeg's 1080Ti JSON, key -> ms) is read as it is: never
+    topped up with entries timed here (that would mix two devices' milliseconds in one sum); a
+    missing key is an error naming key and table. It has no glue entries; its sums are
+    FasterSeg's (ops, refines, fusion, head).
+(c) `--latency_compat`: `faithful` reads every op under its own key; `fasterseg` reproduces
+    FasterSeg's `forward_latency`, whose `BasicResidual_downup_2x` (conv_2x_downup) reads the
+    `BasicResidual2x` entry of the same shape (a copy-paste slip in its operations.py).
+(d) `SupernetLatencyModel`: the expected latency of the supernet under softmax(alpha), the beta
     path mixing and softmax(gamma), as a TF expression of the arch values (no stop-gradients).
-    Like FasterSeg's `forward_latency`, it sums, over the three output scales, the expected
-    latency of the path reaching that scale (a path's stride-2 step costs the down op, every
-    other step the keep op); the stem is counted once; heads and fusion are architecture-
+    Like FasterSeg's search, it sums over the three output scales the expected latency of the
+    path reaching that scale; the stem is counted once; heads and fusion are architecture-
     independent and left out. For a one-hot architecture it is the stem plus the table entries
     of the ops on the three chosen paths.
+(e) `derived_latency`: the table's prediction for a derived network, the one number that
+    `--mode=describe_arch`, `--mode=measure_latency --arch` and the search's report print.
 """
 from __future__ import annotations
 
@@ -28,22 +38,35 @@ import tensorflow as tf
 
 from lbt_tf.config import ConfigError
 from lbt_tf.errors import LbtError
-from lbt_tf.models.fasterseg import operations as ops_lib
-from lbt_tf.models.fasterseg.derived import network_plan
+from lbt_tf.models.fasterseg import operations as ops_lib, timing
+from lbt_tf.models.fasterseg.derived import build_derived_network, network_plan
 from lbt_tf.models.fasterseg.operations import num_filters
+from lbt_tf.models.fasterseg.genotype import load_architecture
 from lbt_tf.models.fasterseg.space import (OP_TABLE_NAMES, cell_scales, has_down,
                                            next_cell_inputs, searched_widths)
+from lbt_tf.ops.resize import resize_bilinear
 
 _CELL_KINDS = OP_TABLE_NAMES
+COMPAT_MODES = ("faithful", "fasterseg")
+FORMAT = "lbt_tf/latency-table-v2"
+# Meta fields that must match for a cached table to be re-used.
+REUSE_KEYS = ("format", "device", "runtime", "tensorflow", "height", "width", "batch", "threads",
+              "repeats")
 _KEY_RE = re.compile(
     r"^(?P<kind>[A-Za-z_0-9]+?)_H(?P<h>\d+)_W(?P<w>\d+)_C(?:in)?(?P<cin>\d+)"
     r"(?:_Cout(?P<cout>\d+))?(?:_kernel(?P<kernel>\d+))?(?:_stride(?P<stride>\d+))?"
-    r"(?:_dilation\d+)?$")
+    r"(?:_dilation\d+)?(?:_x(?P<factor>\d+))?$")
+
+
+class LatencyTableError(LbtError, LookupError):
+    """A latency table lacks an entry it may not measure; the message names key and table."""
 
 
 @dataclasses.dataclass(frozen=True)
 class OpSpec:
-    """One operator configuration: FasterSeg cell op, ConvNorm, head or feature fusion."""
+    """One timed configuration: a FasterSeg cell op, ConvNorm, head, feature fusion, or glue
+    (`resize` x`stride` bilinear upsampling of cin channels, `concat` of cin and cout - cin
+    channels, the per-call `overhead`)."""
     kind: str
     height: int
     width: int
@@ -55,6 +78,12 @@ class OpSpec:
     @property
     def key(self) -> str:
         size = f"H{self.height}_W{self.width}"
+        if self.kind == "overhead":
+            return "overhead"
+        if self.kind == "resize":
+            return f"resize_{size}_C{self.cin}_x{self.stride}"
+        if self.kind == "concat":
+            return f"concat_{size}_Cin{self.cin}_Cout{self.cout}"
         if self.kind == "ff":
             return f"ff_{size}_C{self.cin}"
         if self.kind == "head":
@@ -67,13 +96,31 @@ class OpSpec:
 
     @staticmethod
     def from_key(key: str) -> "OpSpec":
+        if key == "overhead":
+            return OVERHEAD
         match = _KEY_RE.match(key)
         if not match:
             raise ValueError(f"not a FasterSeg latency key: {key!r}")
         g = match.groupdict()
         cin = int(g["cin"])
+        stride = int(g["factor"] or g["stride"] or 1)
         return OpSpec(g["kind"], int(g["h"]), int(g["w"]), cin, int(g["cout"] or cin),
-                      int(g["stride"] or 1), int(g["kernel"] or 3))
+                      stride, int(g["kernel"] or 3))
+
+    def timed_function(self):
+        """(fn, input): what the table times for this configuration."""
+        inputs = tf.random.normal([1, self.height, self.width, self.cin], seed=0)
+        if self.kind == "overhead":
+            return (lambda x: x + 1.0), inputs
+        if self.kind == "resize":
+            size = (self.height * self.stride, self.width * self.stride)
+            return (lambda x: resize_bilinear(x, size, align_corners=True)), inputs
+        if self.kind == "concat":
+            other = tf.random.normal([1, self.height, self.width, self.cout - self.cin], seed=1)
+            return (lambda x: tf.concat([x, other], -1)), inputs
+        layer = self.build_layer()
+        layer(inputs, training=False)   # creates the weights
+        return timing.frozen_call(layer), inputs
 
     def build_layer(self):
         if self.kind in _CELL_KINDS:
@@ -87,90 +134,119 @@ class OpSpec:
         raise ValueError(f"unknown operator kind {self.kind!r}")
 
 
+OVERHEAD = OpSpec("overhead", 1, 1, 1, 1)
+
+
 def device_name() -> str:
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
         details = tf.config.experimental.get_device_details(gpus[0])
         return "GPU:" + details.get("device_name", gpus[0].name)
     model = platform.processor() or platform.machine()
-    try:
+    if os.path.exists("/proc/cpuinfo"):
         with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+            model = next((line.split(":", 1)[1].strip() for line in cpuinfo
+                          if line.startswith("model name")), model)
     return f"CPU:{model}:{os.cpu_count()} cores"
 
 
-def time_layer(spec: OpSpec, runs: int = 5, warmup: int = 2, compiled: bool = False) -> float:
-    """Median wall time (ms) of one batch-1 inference call of the operator.
+# A TF graph call costs more than the op's share of a network (per-call executor work, the
+# output's copy): the table times REPEATS chained copies in one graph and divides by REPEATS.
+REPEATS = 3
 
-    compiled=False (the table's default) times eager calls: tracing a `tf.function` per
-    configuration costs ~0.3 s on 2 CPU cores, too slow for the ~600 configurations of a
-    supernet; eager times include the per-op dispatch cost, which dominates at small sizes.
-    """
+
+def time_spec(spec: OpSpec, runtime: str = "tf", runs: int = 5, warmup: int = 2) -> float:
+    """Median ms of one batch-1 call of the configuration compiled for `runtime` (for tf/xla:
+    of REPEATS in-graph calls, divided by REPEATS; the overhead entry is one bare call)."""
     if spec.kind == "FactorizedReduce" and spec.stride == 1:
         return 0.0   # identity in the derived network (FasterSeg measures an identity, too)
-    layer = spec.build_layer()
-    inputs = tf.random.normal([1, spec.height, spec.width, spec.cin])
-    run = (tf.function(lambda x: layer(x, training=False)) if compiled
-           else (lambda x: layer(x, training=False)))
-    return time_callable(run, inputs, runs, warmup)
+    fn, inputs = spec.timed_function()
+    repeats = REPEATS if runtime in ("tf", "xla") and spec.kind != "overhead" else 1
+    run = timing.compile_for(runtime, timing.repeated(fn, repeats), inputs)
+    return timing.time_callable(run, runs, warmup) / repeats
 
 
-def time_callable(run, inputs, runs: int = 5, warmup: int = 2) -> float:
-    """Median milliseconds of `run(inputs)` after `warmup` untimed calls."""
-    for _ in range(max(1, warmup)):
-        _block(run(inputs))
-    timings = []
-    for _ in range(max(1, runs)):
-        start = time.perf_counter()
-        _block(run(inputs))
-        timings.append((time.perf_counter() - start) * 1e3)
-    return float(np.median(timings))
-
-
-def _block(outputs):
-    """Waits for the result (GPU execution is asynchronous)."""
-    for leaf in tf.nest.flatten(outputs):
-        leaf.numpy()
+def this_device_meta(runtime: str, height: int, width: int, runs: int, warmup: int) -> dict:
+    return {"format": FORMAT, "device": device_name(), "runtime": runtime,
+            "tensorflow": tf.__version__, "height": height, "width": width, "batch": 1,
+            "threads": timing.num_threads() if runtime == "tflite" else None,
+            "repeats": REPEATS if runtime in ("tf", "xla") else 1, "runs": runs, "warmup": warmup,
+            "interpreter": timing.interpreter_name() if runtime == "tflite" else None}
 
 
 class LatencyTable:
-    """key -> milliseconds; measures missing keys on demand when `measure_missing`."""
+    """key -> milliseconds. `own`: measured here (meta names this device and a runtime); only
+    an own table measures missing entries, when `measure_missing`."""
 
-    def __init__(self, entries=None, meta=None, measure_missing=False, runs=5, warmup=2):
+    def __init__(self, entries=None, meta=None, path=None, compat="faithful",
+                 measure_missing=False):
+        if compat not in COMPAT_MODES:
+            raise ConfigError(f"--latency_compat={compat!r}: expected one of {COMPAT_MODES}")
         self.entries = {str(k): float(v) for k, v in (entries or {}).items()}
         self.meta = dict(meta or {})
-        self.measure_missing, self.runs, self.warmup = measure_missing, runs, warmup
+        self.path, self.compat, self.measure_missing = path, compat, measure_missing
 
     def __len__(self):
         return len(self.entries)
 
-    def __contains__(self, key):
-        return (key.key if isinstance(key, OpSpec) else key) in self.entries
+    def __contains__(self, spec):
+        return self.key(spec) in self.entries
+
+    @property
+    def own(self) -> bool:
+        return (self.meta.get("runtime") in timing.RUNTIMES
+                and self.meta.get("device") == device_name())
+
+    @property
+    def has_glue(self) -> bool:
+        """Whether sums include overhead, resizes and concats (tables timed by lbt_tf)."""
+        return self.own or OVERHEAD.key in self.entries
+
+    def key(self, spec) -> str:
+        spec = spec if isinstance(spec, OpSpec) else OpSpec.from_key(spec)
+        if self.compat == "fasterseg" and spec.kind == "BasicResidual_downup_2x":
+            spec = dataclasses.replace(spec, kind="BasicResidual2x")
+        return spec.key
 
     def get(self, spec) -> float:
-        key = spec.key if isinstance(spec, OpSpec) else spec
+        key = self.key(spec)
         if key not in self.entries:
-            if not self.measure_missing:
-                raise KeyError(f"latency table has no entry {key!r}")
-            self.entries[key] = time_layer(spec if isinstance(spec, OpSpec) else
-                                           OpSpec.from_key(key), self.runs, self.warmup)
+            if not (self.measure_missing and self.own):
+                where = self.path or "<in memory>"
+                raise LatencyTableError(
+                    f"latency table {where} (device {self.meta.get('device', 'unknown')}) has "
+                    f"no entry {key!r}" + ("" if self.own else
+                                           "; a table from another device is never topped up "
+                                           "with entries timed here"))
+            self.entries[key] = self.measure(OpSpec.from_key(key))
         return self.entries[key]
 
-    def ensure(self, specs, log_every: int = 100) -> int:
-        """Measures every spec not yet in the table; returns how many were measured."""
-        missing = sorted({s for s in specs if s.key not in self.entries}, key=lambda s: s.key)
+    def measure(self, spec: OpSpec) -> float:
+        """This device's ms for spec, less the per-call overhead (counted once per network)."""
+        runs, warmup = int(self.meta.get("runs", 5)), int(self.meta.get("warmup", 2))
+        ms = time_spec(spec, self.meta["runtime"], runs, warmup)
+        if spec.kind == "overhead":
+            return ms
+        repeats = REPEATS if self.meta["runtime"] in ("tf", "xla") else 1
+        return max(0.0, ms - self.get(OVERHEAD) / repeats)
+
+    def ensure(self, specs, progress_every: int = 25) -> int:
+        """Measures every spec not yet in the table, printing progress; returns how many."""
+        missing = sorted({OpSpec.from_key(self.key(s)) for s in specs} - {OVERHEAD},
+                         key=lambda s: s.key)
+        missing = [s for s in missing if s.key not in self.entries]
+        start = time.perf_counter()
         for n, spec in enumerate(missing):
-            self.entries[spec.key] = time_layer(spec, self.runs, self.warmup)
-            if log_every and (n + 1) % log_every == 0:
-                logging.info("latency table: measured %d / %d", n + 1, len(missing))
+            self.get(spec)
+            if progress_every and ((n + 1) % progress_every == 0 or n + 1 == len(missing)):
+                elapsed = time.perf_counter() - start
+                print(f"latency table ({self.meta.get('runtime')}): measured {n + 1}/"
+                      f"{len(missing)} in {elapsed:.0f} s, about "
+                      f"{elapsed / (n + 1) * (len(missing) - n - 1):.0f} s left", flush=True)
         return len(missing)
 
-    def save(self, path: str):
+    def save(self, path=None):
+        path = path or self.path
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(path, "w") as f:
             json.dump({"meta": self.meta, "entries": dict(sorted(self.entries.items()))}, f,
@@ -178,7 +254,7 @@ class LatencyTable:
 
     @staticmethod
     def load(path: str, **kwargs) -> "LatencyTable":
-        """Our cached JSON ({"meta", "entries"}) or FasterSeg's plain key -> ms JSON."""
+        """Our JSON ({"meta", "entries"}) or FasterSeg's plain key -> ms JSON."""
         try:
             with open(path) as f:
                 raw = json.load(f)
@@ -188,7 +264,7 @@ class LatencyTable:
             raise LbtError(f"latency table {path}: expected a JSON object")
         entries, meta = (raw["entries"], raw.get("meta", {})) if "entries" in raw else (raw, {})
         try:
-            return LatencyTable(entries, meta, **kwargs)
+            return LatencyTable(entries, meta, path=path, **kwargs)
         except (TypeError, ValueError) as err:
             raise LbtError(f"latency table {path}: entries must be numbers ({err})") from None
 
@@ -238,19 +314,37 @@ def supernet_cell_plan(teacher_config, height, width):
     return plan
 
 
-def supernet_specs(teacher_config, height, width, num_classes):
-    """Every distinct op configuration the supernet uses (stem, cells, refines, heads)."""
-    specs = set(stem_specs(teacher_config.base_width, height, width,
-                           teacher_config.stem_head_width[0]))
-    for cube in supernet_cell_plan(teacher_config, height, width).values():
-        specs.update(s for per_op in cube for row in per_op for s in row)
-    F, head = teacher_config.base_width, teacher_config.stem_head_width[1]
-    c8, c16, c32 = (num_filters(F, s, head) for s in (8, 16, 32))
+def head_specs(F, height, width, num_classes, stem_ratio, head_ratio, widths, glue=True):
+    """Refines, fusion, head (and glue) of every derived network of the space: a refine's
+    3x3 conv reads the branch's own last 1/16 or 1/8 feature, of any searched width."""
+    c8, c16, c32 = (num_filters(F, s, head_ratio) for s in (8, 16, 32))
     (h8, w8), (h16, w16), (h32, w32) = (feature_size(height, width, s) for s in range(3))
-    specs.update([OpSpec("ConvNorm", h16, w16, c16, c8, 1, 1), OpSpec("ConvNorm", h8, w8, 2 * c8, c8),
-                  OpSpec("ConvNorm", h32, w32, c32, c16, 1, 1),
-                  OpSpec("ConvNorm", h16, w16, 2 * c16, c16), OpSpec("ConvNorm", h16, w16, c16, c8, 1, 1),
-                  OpSpec("head", h8, w8, c8, num_classes), OpSpec("head", h8, w8, 2 * c8, num_classes)])
+    specs = [OpSpec("ConvNorm", h32, w32, c32, c16, 1, 1), OpSpec("ConvNorm", h16, w16, c16, c8, 1, 1),
+             OpSpec("ff", h8, w8, 2 * c8, 2 * c8), OpSpec("head", h8, w8, 2 * c8, num_classes),
+             OpSpec("head", h8, w8, c8, num_classes)]
+    if glue:
+        specs += [OVERHEAD, OpSpec("resize", h32, w32, c16, c16, 2),
+                  OpSpec("resize", h16, w16, c8, c8, 2), OpSpec("concat", h8, w8, c8, 2 * c8),
+                  OpSpec("resize", h8, w8, num_classes, num_classes, 8)]
+    for ratio in set(widths) | {stem_ratio, head_ratio}:
+        last16, last8 = num_filters(F, 16, ratio), num_filters(F, 8, ratio)
+        specs += [OpSpec("ConvNorm", h16, w16, c16 + last16, c16), OpSpec("ConvNorm", h8, w8, c8 + last8, c8)]
+        if glue:
+            specs += [OpSpec("concat", h16, w16, c16, c16 + last16),
+                      OpSpec("concat", h8, w8, c8, c8 + last8)]
+    return specs
+
+
+def supernet_specs(teacher_config, height, width, num_classes, glue=True):
+    """Every distinct configuration the supernet and its derived networks use (stem, cells,
+    refines, fusion, heads and, for tables timed here, glue)."""
+    tc = teacher_config
+    stem_ratio, head_ratio = tc.stem_head_width
+    specs = set(stem_specs(tc.base_width, height, width, stem_ratio))
+    for cube in supernet_cell_plan(tc, height, width).values():
+        specs.update(s for per_op in cube for row in per_op for s in row)
+    specs.update(head_specs(tc.base_width, height, width, num_classes, stem_ratio, head_ratio,
+                            searched_widths(tc), glue))
     return sorted(specs, key=lambda s: s.key)
 
 
@@ -297,74 +391,105 @@ class SupernetLatencyModel:
 
 
 # ---------------------------------------------------------------------------------- derived
-def derived_specs(arch, num_classes, height, width, base_width=None):
-    """OpSpecs of a derived network: {"stem": [...], "branch_<stride>": [...], "fusion": [...]}."""
+def derived_specs(arch, num_classes, height, width, base_width=None, glue=True):
+    """Configurations a derived network runs: {"stem", "branch_<stride>" (own cells and
+    refines), "fusion" (feature fusion, head) and, with glue, "glue" (per-call overhead, the
+    refines' x2 upsamplings and concats, the branches' concat, the final x8 upsampling)}."""
     plan = network_plan(arch, base_width)
     groups = {"stem": stem_specs(plan.base_width, height, width, plan.stem_ratio)}
+    glue_specs = [OVERHEAD]
     for branch in plan.branches:
         specs = []
         for cell in branch.cells[branch.shared_prefix:]:
             h, w = feature_size(height, width, cell.scale)
             specs.append(OpSpec(_CELL_KINDS[cell.op], h, w, cell.cin, cell.cout, cell.stride))
-        for conv in branch.refines:
-            h, w = feature_size(height, width, conv.scale)
-            specs.append(OpSpec("ConvNorm", h, w, conv.cin, conv.cout, 1, conv.kernel))
+        for arm, refine in zip(branch.refines[0::2], branch.refines[1::2]):
+            (h, w), (h2, w2) = (feature_size(height, width, c.scale) for c in (arm, refine))
+            specs += [OpSpec("ConvNorm", h, w, arm.cin, arm.cout, 1, arm.kernel),
+                      OpSpec("ConvNorm", h2, w2, refine.cin, refine.cout, 1, refine.kernel)]
+            # glue: the arm's output upsampled x2, concatenated with the branch's feature
+            glue_specs += [OpSpec("resize", h, w, arm.cout, arm.cout, 2),
+                           OpSpec("concat", h2, w2, arm.cout, refine.cin)]
         groups[f"branch_{branch.output_stride}"] = specs
     h8, w8 = feature_size(height, width, 0)
     fused = plan.head_channels * len(plan.branches)
     groups["fusion"] = [OpSpec("ff", h8, w8, fused, fused), OpSpec("head", h8, w8, fused, num_classes)]
+    if len(plan.branches) > 1:
+        glue_specs += [OpSpec("concat", h8, w8, plan.head_channels * k, plan.head_channels * (k + 1))
+                       for k in range(1, len(plan.branches))]
+    glue_specs.append(OpSpec("resize", h8, w8, num_classes, num_classes, 8))
+    if glue:
+        groups["glue"] = glue_specs
     return groups
 
 
 def derived_latency(arch, table, num_classes, height, width, base_width=None):
-    """Table-predicted latency (ms) of a derived network: {"total": ms, <group>: ms, ...}."""
-    groups = derived_specs(arch, num_classes, height, width, base_width)
+    """Table-predicted latency (ms) of a derived network: {"total": ms, <group>: ms, ...}.
+    The one prediction of a found network (describe_arch, measure_latency, the search)."""
+    groups = derived_specs(arch, num_classes, height, width, base_width, table.has_glue)
     result = {name: float(sum(table.get(s) for s in specs)) for name, specs in groups.items()}
     result["total"] = float(sum(result.values()))
     return result
 
 
+def network_runner(network, height, width, runtime):
+    """Zero-argument callable: one batch-1 inference (logits) compiled like the table's ops."""
+    fn = timing.frozen_call(network, lambda outputs: outputs["logits"])
+    images = tf.random.normal([1, height, width, 3], seed=2)
+    return timing.compile_for(runtime, fn, images)
+
+
+def measure_network(network, height, width, runtime, runs=10, warmup=3) -> float:
+    """Median ms of the whole derived network at batch 1, in the table's runtime."""
+    return timing.time_callable(network_runner(network, height, width, runtime), runs, warmup)
+
+
 # ---------------------------------------------------------------------------------- config
 def default_table_path(config) -> str:
-    d = config.data
-    return config.teacher.latency_table or os.path.join(
-        config.run_dir, f"latency_table_{d.image_height}x{d.image_width}.json")
+    d, tc = config.data, config.teacher
+    return tc.latency_table or os.path.join(
+        config.run_dir, f"latency_table_{tc.latency_runtime}_{d.image_height}x{d.image_width}.json")
 
 
-def table_for_config(config, runs=None, warmup=None):
-    """(LatencyTable covering the supernet, path): the cache when it matches, else measured."""
-    d = config.data
+def table_for_config(config, measure=True, runs=5, warmup=2):
+    """(LatencyTable, path) for config's image size, runtime and --latency_compat.
+
+    A table from another device (FasterSeg's) is used as it is. This device's table is re-used
+    when device, runtime, TF version and size match (else re-timed), and with `measure` every
+    configuration of the search space is timed now (progress printed); without, entries are
+    timed on first use.
+    """
+    d, tc = config.data, config.teacher
     path = default_table_path(config)
-    runs = runs or 3
-    warmup = warmup or 1
-    meta = {"device": device_name(), "height": d.image_height, "width": d.image_width,
-            "tensorflow": tf.__version__, "batch": 1}
+    meta = this_device_meta(tc.latency_runtime, d.image_height, d.image_width, runs, warmup)
     table = None
     if os.path.exists(path):
-        cached = LatencyTable.load(path, measure_missing=True, runs=runs, warmup=warmup)
-        if all(cached.meta.get(k) == meta[k] for k in ("device", "height", "width")):
-            table = cached
-        else:
-            logging.warning("latency table %s was measured for %s; re-measuring for %s",
-                            path, cached.meta, meta)
+        table = LatencyTable.load(path, compat=tc.latency_compat, measure_missing=True)
+        if not table.own:
+            return table, path
+        if any(table.meta.get(k) != meta[k] for k in REUSE_KEYS):
+            logging.warning("latency table %s was timed for %s; re-timing for %s",
+                            path, {k: table.meta.get(k) for k in REUSE_KEYS},
+                            {k: meta[k] for k in REUSE_KEYS})
+            table = None
     if table is None:
-        table = LatencyTable({}, meta, measure_missing=True, runs=runs, warmup=warmup)
-    measured = table.ensure(supernet_specs(config.teacher, d.image_height, d.image_width,
-                                           d.num_classes))
-    if measured:
-        table.save(path)
+        table = LatencyTable({}, meta, path, tc.latency_compat, measure_missing=True)
+    if measure and table.ensure(supernet_specs(tc, d.image_height, d.image_width, d.num_classes)):
+        table.save()
     return table, path
 
 
 def run_measure_latency(config):
-    """--mode=measure_latency: measure (or re-use) this device's table, print its path."""
+    """--mode=measure_latency: time (or re-use) this device's table; with --arch, print the
+    table's prediction for that network next to its measured latency in the same runtime."""
     from scipy import stats
+    d, tc = config.data, config.teacher
     start = time.perf_counter()
     table, path = table_for_config(config)
-    print(f"latency table: {len(table)} entries for {table.meta.get('height')}x"
-          f"{table.meta.get('width')} on {table.meta.get('device')} "
+    print(f"latency table: {len(table)} entries for {d.image_height}x{d.image_width}, runtime "
+          f"{table.meta.get('runtime', 'unknown')} on {table.meta.get('device', 'another device')} "
           f"({time.perf_counter() - start:.1f} s)")
-    reference_path = config.teacher.reference_latency_table
+    reference_path = tc.reference_latency_table
     if reference_path:
         if not os.path.exists(reference_path):
             raise ConfigError(f"--reference_latency_table={reference_path}: no such file")
@@ -376,5 +501,19 @@ def run_measure_latency(config):
                                   [reference.entries[k] for k in common])[0]
             line += f", Spearman rank correlation {rho:.3f}"
         print(line)
+    if config.train.arch:
+        arch = load_architecture(config.train.arch)
+        predicted = derived_latency(arch, table, d.num_classes, d.image_height, d.image_width)
+        print(f"{config.train.arch}: predicted {predicted['total']:.3f} ms "
+              f"(--latency_compat={table.compat})")
+        if table.own:
+            network = build_derived_network(arch, d.num_classes, (d.image_height, d.image_width, 3),
+                                            aux_heads=False)
+            measured = measure_network(network, d.image_height, d.image_width,
+                                       table.meta["runtime"], config.eval.latency_runs,
+                                       config.eval.latency_warmup)
+            print(f"{config.train.arch}: measured {measured:.3f} ms ({table.meta['runtime']})")
+        if table.own:
+            table.save()   # keeps entries timed on demand for this network
     print(path)
     return path

@@ -184,7 +184,7 @@ class FasterSegSupernet(keras.Model):
     def set_latency_table(self, table):
         """A `latency.LatencyTable` (or a plain key -> ms dict) for `expected_latency`."""
         if isinstance(table, dict):
-            table = latency_lib.LatencyTable(table)
+            table = latency_lib.LatencyTable(table, compat=self.teacher_config.latency_compat)
         self.latency_table = table
         self._latency_model = None
 
@@ -207,14 +207,15 @@ def build_supernet(config, latency_table=None) -> FasterSegSupernet:
     """The supernet for config.teacher / config.data, weights created.
 
     latency_table: a LatencyTable or dict; else the table at --latency_table when it exists
-    (FasterSeg-style JSON); else none until `set_latency_table`/`latency.table_for_config`.
+    (`latency.table_for_config`: this device's, topped up; or another device's, as it is);
+    else none until `set_latency_table`.
     """
     data = config.data
     if latency_table is None and config.teacher.latency_table:
         if os.path.exists(config.teacher.latency_table):
-            latency_table = latency_lib.LatencyTable.load(config.teacher.latency_table)
+            latency_table = latency_lib.table_for_config(config)[0]
     if isinstance(latency_table, dict):
-        latency_table = latency_lib.LatencyTable(latency_table)
+        latency_table = latency_lib.LatencyTable(latency_table, compat=config.teacher.latency_compat)
     supernet = FasterSegSupernet(
         config.teacher, data.num_classes, (data.crop_height, data.crop_width), seed=config.seed,
         latency_input_size=(data.image_height, data.image_width), latency_table=latency_table,

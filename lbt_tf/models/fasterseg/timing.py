@@ -1,0 +1,116 @@
+"""Timing a function the way a deployed network runs: batch 1, compiled, warm-up, median of N.
+
+Runtimes (`--latency_runtime`):
+  tf      one `tf.function` graph (TF's executor, as `--mode=evaluate` times the network)
+  xla     the same with `jit_compile=True`
+  tflite  converted to TFLite and run by the LiteRT interpreter with its default XNNPACK
+          delegate (what a phone runs): `ai_edge_litert` when installed, else `tf.lite`.
+The latency table's entries and the whole networks of bench/latency_rank.py are timed through
+the same `compile_for`, so a prediction and a measurement differ only by what the sum misses.
+"""
+from __future__ import annotations
+
+import importlib.util
+import time
+
+import numpy as np
+import tensorflow as tf
+
+RUNTIMES = ("tf", "xla", "tflite")
+
+
+def interpreter_name() -> str:
+    return "ai_edge_litert" if importlib.util.find_spec("ai_edge_litert") else "tf.lite"
+
+
+def _interpreter(model_content: bytes):
+    if interpreter_name() == "ai_edge_litert":
+        from ai_edge_litert.interpreter import Interpreter
+    else:
+        Interpreter = tf.lite.Interpreter
+    return Interpreter(model_content=model_content, num_threads=num_threads())
+
+
+def num_threads() -> int:
+    """Threads of the TFLite interpreter: one. XNNPACK's thread pool spin-waits at every op's
+    barrier; on a shared CPU a preempted worker stalls each barrier, so multi-threaded times of
+    whole networks measured 2-10x their single-thread sum here (bench/latency_rank.py)."""
+    return 1
+
+
+def frozen_call(layer, call=None):
+    """fn(x) = layer(x) with the layer's weights as graph constants (`stateless_call`), so the
+    TFLite converter embeds them (variables would stay uninitialised READ_VARIABLE ops)."""
+    trainable = [tf.constant(v.numpy()) for v in layer.trainable_variables]
+    non_trainable = [tf.constant(v.numpy()) for v in layer.non_trainable_variables]
+    call = call or (lambda outputs: outputs)
+
+    def fn(x):
+        outputs, _ = layer.stateless_call(trainable, non_trainable, x, training=False)
+        return call(outputs)
+    return fn
+
+
+def repeated(fn, times: int):
+    """fn(x) evaluated `times` times in sequence inside one graph (control dependencies keep
+    the copies apart and in order), so a table entry can be the in-graph cost of one call."""
+    def run(x):
+        out = fn(x)
+        for _ in range(times - 1):
+            with tf.control_dependencies(tf.nest.flatten(out)):
+                out = fn(tf.identity(x))
+        return out
+    return run
+
+
+def compile_for(runtime: str, fn, inputs):
+    """A zero-argument callable that runs fn(inputs) once in `runtime` and waits for it."""
+    if runtime in ("tf", "xla"):
+        compiled = tf.function(fn, jit_compile=runtime == "xla")
+        return lambda: _block(compiled(inputs))
+    if runtime == "tflite":
+        concrete = tf.function(fn).get_concrete_function(tf.TensorSpec(inputs.shape, inputs.dtype))
+        content = tf.lite.TFLiteConverter.from_concrete_functions([concrete], tf.Module()).convert()
+        interpreter = _interpreter(content)
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], np.asarray(inputs))
+        return interpreter.invoke
+    raise ValueError(f"--latency_runtime={runtime!r}: expected one of {RUNTIMES}")
+
+
+def time_callable(run, runs: int = 5, warmup: int = 2, min_total_ms: float = 50.0,
+                  max_runs: int = 200) -> float:
+    """Median milliseconds of `run()` after `warmup` untimed calls (the first one compiles).
+
+    At least `runs` timed calls, more (up to `max_runs`) until they add up to `min_total_ms`:
+    a 0.1 ms op then gets a median of hundreds of calls, robust to a busy machine's spikes.
+    """
+    for _ in range(max(1, warmup)):
+        run()
+    timings = []
+    while len(timings) < max(1, runs) or (sum(timings) < min_total_ms and len(timings) < max_runs):
+        start = time.perf_counter()
+        run()
+        timings.append((time.perf_counter() - start) * 1e3)
+    return float(np.median(timings))
+
+
+def interleaved_medians(runners, runs: int = 10, warmup: int = 3):
+    """Median ms per zero-argument runner, timed round-robin (one call each per round), so a
+    busy spell of a shared machine slows every runner alike instead of a few."""
+    for run in runners:
+        for _ in range(max(1, warmup)):
+            run()
+    timings = [[] for _ in runners]
+    for _ in range(max(1, runs)):
+        for run, times in zip(runners, timings):
+            start = time.perf_counter()
+            run()
+            times.append((time.perf_counter() - start) * 1e3)
+    return [float(np.median(t)) for t in timings]
+
+
+def _block(outputs):
+    """Waits for the result (GPU execution is asynchronous)."""
+    for leaf in tf.nest.flatten(outputs):
+        leaf.numpy()
