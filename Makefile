@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test venv clean bench
+.PHONY: demo test venv clean bench search_quality
 venv: $(STAMP)
 
 $(STAMP): setup.py
@@ -21,6 +21,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/search_step.py --flagfile=configs/demo.flags
+
+# Found vs random architectures at equal latency (about 1-1.5 h on 2 idle CPU cores; resumable).
+search_quality: $(STAMP)
+	$(PY) bench/search_quality.py --flagfile=configs/search_quality.flags
 
 clean:
 	rm -rf runs .pytest_cache

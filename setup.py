@@ -10,7 +10,7 @@ setup(
     packages=find_packages(include=["lbt_tf", "lbt_tf.*", "components", "components.*",
                                     "pipelines", "pipelines.*"]),
     include_package_data=True,
-    package_data={"lbt_tf": ["data/*.json", "configs/*.flags"]},
+    package_data={"lbt_tf": ["data/*.json", "configs/*.flags", "models/fasterseg/*.json"]},
     install_requires=[
         "tensorflow>=2.21,<2.22",
         "keras>=3.12,<4",
@@ -26,7 +26,10 @@ setup(
         "scipy>=1.11,<2",
         # The TFLite interpreter (tf.lite.Interpreter is deprecated in favour of LiteRT).
         "ai-edge-litert>=2.3,<3; platform_machine=='x86_64' or platform_machine=='aarch64'",
+        "jsonschema>=4.18,<5",              # the architecture JSON schema
     ],
-    extras_require={"test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "pytest-timeout>=2.3,<3"]},
+    extras_require={"test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "pytest-timeout>=2.3,<3",
+                             # the official Cityscapes scorer, checked against our mIoU
+                             "cityscapesscripts>=2.2,<3"]},
     entry_points={"console_scripts": ["lbt-tf=lbt_tf.main:run"]},
 )

@@ -1,14 +1,17 @@
-"""Step time and peak memory of one search step per mode, at the size of the given flags.
+"""Step time, first-step time and peak memory of the search step per mode, at the given flags.
 
-    python bench/search_step.py --flagfile=configs/demo.flags [--bench_steps=5]
+    python bench/search_step.py --flagfile=configs/cityscapes_search.flags --data_source=synthetic
+        [--modes=fasterseg,lpt,lbt-exact,lbt-finite_difference] [--bench_steps=3]
 
-Prints one line per mode:
-    mode=<name> step_s=<x> ratio_to_lpt=<y> peak_mem_mb=<z> first_step_s=<t>
-for fasterseg, lpt, lbt-exact and lbt-finite_difference (targets: lbt-exact <= 3x lpt,
-lbt-finite_difference <= 2x lpt). Each mode runs in its own child process so its peak memory
-(GPU: TensorFlow's peak allocation; CPU: the process's peak RSS) is its own; step time is the
-median over `--bench_steps` steps after two warm-up steps; first_step_s is the first call,
-which traces the step function (graph building dominates it).
+Each mode runs in its own child process (so its peak memory is its own), through the same
+Keras train function `fit` uses (the config's strategy, `--jit_compile`, `--mixed_precision`).
+Prints one line per mode and a table:
+    mode=<m> step_s=<x> step_ratio=<x/lpt> peak_mem_mb=<z> mem_ratio=<z/lpt> first_step_s=<t>
+step_s: median over `--bench_steps` (>= 3) steps after one untimed step; first_step_s: the first
+call (tracing the step function + one step); build_mem_mb: the peak after building the models.
+Memory: on GPU, TensorFlow's peak allocation (`get_memory_info`); on CPU the process's peak RSS.
+Targets (issue 13): lbt-exact <= 3x lpt time and <= 1.6x its memory, lbt-finite_difference
+<= 2x / <= 1.2x, every mode <= 16 GB, first step <= 60 s.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -26,72 +30,135 @@ from absl import app, flags  # noqa: E402
 from lbt_tf import config as config_lib  # noqa: E402
 from lbt_tf import flags as lbt_flags  # noqa: E402
 
-flags.DEFINE_integer("bench_steps", 5, "Timed steps per mode.")
+flags.DEFINE_integer("bench_steps", 3, "Timed steps per mode (median; at least 3).")
+flags.DEFINE_list("modes", ["fasterseg", "lpt", "lbt-exact", "lbt-finite_difference"],
+                  "Modes to run: fasterseg, lpt, lbt-exact, lbt-finite_difference.")
+flags.DEFINE_float("bench_max_rss_gb", 20.0,
+                   "A child whose RSS passes this is killed (reported as over the limit), so "
+                   "that a mode that does not fit cannot take the machine's memory.")
 flags.DEFINE_string("bench_single", None, "Internal: run one mode (name) and print JSON.")
 
 MODES = {"fasterseg": ("fasterseg", "exact"), "lpt": ("lpt", "exact"),
          "lbt-exact": ("lbt", "exact"), "lbt-finite_difference": ("lbt", "finite_difference")}
 
 
-def measure(config, steps):
-    """(median step seconds, peak memory MB, first-call seconds) of the search step."""
-    import numpy as np
+def peak_memory_mb():
+    """Peak GPU allocation (TensorFlow's) when there is a GPU, else the peak RSS."""
     import tensorflow as tf
+    if tf.config.list_physical_devices("GPU"):
+        return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+def measure(config, steps):
+    """Dict of step_s (median), first_step_s, peak_mem_mb, build_mem_mb, traces."""
+    import numpy as np
 
     from lbt_tf.search import runner
 
-    with runner._fast_graph_compilation():
+    with runner.fast_graph_compilation(), runner.make_strategy(config.search).scope():
         model = runner.build_search_model(config)
         model.set_phase("search")
+        build_mem = peak_memory_mb()
         train, _, _ = runner.make_search_input(config, config.search.mode, config.seed)
-        step = tf.function(model.train_step, reduce_retracing=True)
         batches = iter(train)
+        model.make_train_function()
+        step = model.train_function  # Keras' tf.function of train_step, as `fit` runs it
+
+        def run():
+            logs = step([next(batches)])
+            return float(logs["teacher_loss"])  # waits for the step
+
         start = time.perf_counter()
-        float(step(next(batches))["teacher_loss"])  # traces the step
+        run()
         first_s = time.perf_counter() - start
-        step(next(batches))
+        run()
         times = []
         for _ in range(steps):
-            batch = next(batches)
             start = time.perf_counter()
-            logs = step(batch)
-            float(logs["teacher_loss"])  # wait for the step
+            run()
             times.append(time.perf_counter() - start)
-    gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        peak = tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
-    return float(np.median(times)), float(peak), first_s
+    return {"step_s": float(np.median(times)), "first_step_s": first_s,
+            "peak_mem_mb": peak_memory_mb(), "build_mem_mb": build_mem,
+            "traces": int(model.trace_count)}
+
+
+def rss_mb(pid):
+    """Current RSS of a process (Linux /proc), 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return 0.0
+
+
+def run_child(name):
+    """Runs one mode in a child process, killed if its RSS passes --bench_max_rss_gb; the parsed
+    JSON result, or None (the reason printed)."""
+    args = [sys.executable, os.path.abspath(__file__), f"--bench_single={name}"] + [
+        a for a in sys.argv[1:] if not a.startswith(("--bench_single", "--modes"))]
+    limit_mb = flags.FLAGS.bench_max_rss_gb * 1024
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(args, stdout=out, stderr=err, text=True)
+        peak = 0.0
+        while proc.poll() is None:
+            peak = max(peak, rss_mb(proc.pid))
+            if peak > limit_mb:
+                proc.kill()
+                proc.wait()
+                print(f"mode={name} killed: RSS {peak / 1024:.1f} GB > --bench_max_rss_gb="
+                      f"{flags.FLAGS.bench_max_rss_gb}", file=sys.stderr, flush=True)
+                return None
+            time.sleep(0.5)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    lines = [l for l in stdout.splitlines() if l.startswith("BENCH ")]
+    if proc.returncode != 0 or not lines:
+        print(f"mode={name} failed (exit {proc.returncode}):\n{stderr[-3000:]}",
+              file=sys.stderr, flush=True)
+        return None
+    return json.loads(lines[-1][len("BENCH "):])
 
 
 def main(argv):
     del argv
     config = lbt_flags.build_config()
+    steps = flags.FLAGS.bench_steps
+    if steps < 3:
+        raise app.UsageError(f"--bench_steps={steps}: need at least 3 for a median")
+    unknown = [m for m in flags.FLAGS.modes if m not in MODES]
+    if unknown:
+        raise app.UsageError(f"--modes: unknown {unknown}; expected some of {list(MODES)}")
     if flags.FLAGS.bench_single:
         mode, hypergrad = MODES[flags.FLAGS.bench_single]
         config = config_lib.replace(config, **{"search.mode": mode, "search.hypergrad": hypergrad,
                                                "run_dir": os.path.join(config.run_dir, "bench")})
-        step_s, peak, first_s = measure(config, flags.FLAGS.bench_steps)
-        print("BENCH " + json.dumps({"step_s": step_s, "peak_mem_mb": peak,
-                                     "first_step_s": first_s}), flush=True)
+        print("BENCH " + json.dumps(measure(config, steps)), flush=True)
         return
     results = {}
-    for name in MODES:
-        args = [sys.executable, os.path.abspath(__file__), f"--bench_single={name}",
-                f"--bench_steps={flags.FLAGS.bench_steps}"] + [
-                    a for a in sys.argv[1:] if not a.startswith("--bench_")]
-        proc = subprocess.run(args, capture_output=True, text=True)
-        lines = [l for l in proc.stdout.splitlines() if l.startswith("BENCH ")]
-        if proc.returncode != 0 or not lines:
-            print(f"mode={name} failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
-            continue
-        results[name] = json.loads(lines[-1][len("BENCH "):])
-    lpt = results.get("lpt", {}).get("step_s")
+    for name in flags.FLAGS.modes:
+        result = run_child(name)
+        if result is not None:
+            results[name] = result
+            print(f"mode={name} " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else
+                                              f"{k}={v}" for k, v in result.items()), flush=True)
+    lpt = results.get("lpt")
+    print("\n| mode | step (s) | step / lpt | peak memory (GB) | memory / lpt | first step (s) |")
+    print("|---|---|---|---|---|---|")
     for name, r in results.items():
-        ratio = r["step_s"] / lpt if lpt else float("nan")
-        print(f"mode={name} step_s={r['step_s']:.4f} ratio_to_lpt={ratio:.2f} "
-              f"peak_mem_mb={r['peak_mem_mb']:.1f} first_step_s={r['first_step_s']:.1f}")
+        step_ratio = r["step_s"] / lpt["step_s"] if lpt else float("nan")
+        mem_ratio = r["peak_mem_mb"] / lpt["peak_mem_mb"] if lpt else float("nan")
+        print(f"| {name} | {r['step_s']:.2f} | {step_ratio:.2f} | {r['peak_mem_mb'] / 1024:.1f}"
+              f" | {mem_ratio:.2f} | {r['first_step_s']:.1f} |")
+        if r["traces"] > 1:
+            print(f"WARNING: {name} traced its step {r['traces']} times", file=sys.stderr)
+    for name in flags.FLAGS.modes:
+        if name not in results:
+            print(f"| {name} | failed or over --bench_max_rss_gb | | | | |")
 
 
 if __name__ == "__main__":

@@ -10,8 +10,12 @@ import dataclasses
 import json
 from typing import Optional, Tuple
 
+from lbt_tf import names
 from lbt_tf.errors import LbtError
 from lbt_tf.models.fasterseg.space import WIDTH_MULT_LIST
+
+
+PREDICTION_FORMATS = ("color", "cityscapes")
 
 
 class ConfigError(LbtError, ValueError):
@@ -113,11 +117,14 @@ class SearchConfig:
     student_val_weight: float = 1.0
     student_aux_weight: float = 0.4       # student's auxiliary-head CE in its training losses
     pseudo_labels: str = "soft"           # soft | hard (for the real student step)
-    finite_difference_scale: float = 0.01
+    finite_difference_scale: float = 1e-3  # measured: bench/finite_difference_eps.py
     reuse_step_gradients: bool = True     # lbt: weight steps reuse the arch step's gradients
+    arch_signal_every: int = 1            # lbt: split ||grad_A|| into its terms every N arch steps
     max_skipped_steps: int = 5            # in a row, then lbt falls back to lpt
     log_every: int = 10
     distribute: bool = False              # MirroredStrategy over the available devices
+    jit_compile: bool = False             # XLA-compile the search step (GPU)
+    mixed_precision: str = "float32"      # names.SEARCH_PRECISIONS: the models' dtype policy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,6 +164,8 @@ class ExportConfig:
     serving_probabilities: bool = True    # serving signature also returns softmax probabilities
     input: Optional[str] = None           # predict: image or folder
     output: Optional[str] = None          # predict: output folder
+    # predict: color (palette PNG + overlay) | cityscapes (label-id PNGs for the official scorer)
+    prediction_format: str = "color"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,7 +177,7 @@ class PipelineConfig:
     pipeline_yaml: Optional[str] = None
     # Container image with lbt_tf installed that every component runs in on Kubeflow / Vertex.
     component_image: str = "lbt-tf:latest"
-    compare_modes: Tuple[str, ...] = ("fasterseg", "lpt", "lbt")
+    compare_modes: Tuple[str, ...] = names.SEARCH_MODES
     tuner_algorithm: str = "grid"          # grid | bayesian (keras-tuner oracles)
     tuner_max_trials: int = 6
     tuner_ratios: Tuple[float, ...] = (0.5, 1.0, 2.0)
@@ -182,6 +191,7 @@ class Config:
     run_dir: str = "runs/demo"
     seed: int = 0
     resume: bool = False
+    overwrite: bool = False               # replace a run of another config in run_dir
     data: DataConfig = DataConfig()
     teacher: TeacherConfig = TeacherConfig()
     student: StudentConfig = StudentConfig()
@@ -263,12 +273,13 @@ def validate(config: Config) -> Config:
     if d.unlabeled_source == "folder" and not d.unlabeled_dir:
         raise ConfigError("--unlabeled_source=folder needs --unlabeled_dir")
     s = config.search
-    if s.mode not in ("fasterseg", "lpt", "lbt"):
-        raise ConfigError(f"--search_mode={s.mode!r}: expected fasterseg, lpt or lbt")
-    if s.hypergrad not in ("exact", "finite_difference"):
-        raise ConfigError(f"--hypergrad={s.hypergrad!r}: expected exact or finite_difference")
-    if s.pseudo_labels not in ("soft", "hard"):
-        raise ConfigError(f"--pseudo_labels={s.pseudo_labels!r}: expected soft or hard")
+    for flag, value, allowed in (("search_mode", s.mode, names.SEARCH_MODES),
+                                 ("hypergrad", s.hypergrad, names.HYPERGRADS),
+                                 ("pseudo_labels", s.pseudo_labels, names.PSEUDO_LABELS),
+                                 ("mixed_precision", s.mixed_precision,
+                                  names.SEARCH_PRECISIONS)):
+        if value not in allowed:
+            raise ConfigError(f"--{flag}={value!r}: expected one of {', '.join(allowed)}")
     if config.student.output_stride not in (8, 16):
         raise ConfigError(f"--student_output_stride={config.student.output_stride}: "
                           "expected 8 or 16")
@@ -282,6 +293,9 @@ def validate(config: Config) -> Config:
                           "faithful or fasterseg")
     if config.eval.mode not in ("whole", "sliding"):
         raise ConfigError(f"--eval_mode={config.eval.mode!r}: expected whole or sliding")
+    if config.export.prediction_format not in PREDICTION_FORMATS:
+        raise ConfigError(f"--prediction_format={config.export.prediction_format!r}: expected "
+                          f"one of {', '.join(PREDICTION_FORMATS)}")
     for flag, value, bounds in _ranges(config):
         check_range(flag, value, bounds)
     if s.latency_target_max_ms and s.latency_target_max_ms < s.latency_target_min_ms:
@@ -321,6 +335,7 @@ def _ranges(config):
         ("search_student_aux_weight", s.student_aux_weight, LOSS_WEIGHT),
         ("finite_difference_scale", s.finite_difference_scale, "(0, 1]"),
         ("max_skipped_steps", s.max_skipped_steps, NON_NEGATIVE),
+        ("arch_signal_every", s.arch_signal_every, NON_NEGATIVE),
         ("search_epochs", s.epochs, EPOCHS), ("warmup_epochs", s.warmup_epochs, EPOCHS),
         ("train_epochs", r.epochs, "[1, 100000]"), ("train_lr_power", r.lr_power, "[0, 10]"),
         ("aux_weight", r.aux_weight, LOSS_WEIGHT), ("distill_weight", r.distill_weight,

@@ -10,17 +10,20 @@ import dataclasses
 from absl import flags
 
 from lbt_tf import config as config_lib
+from lbt_tf import names
 
 MODES = ("demo", "sample_grid", "splits", "describe_arch", "measure_latency", "search",
          "train", "evaluate", "export", "predict", "pipeline", "compile_pipeline", "compare",
          "ratio_study")
 
 # flag name -> (section or None for top level, field name, help)
-_FLAG_TABLE = {
+FLAG_TABLE = {
     # top level
     "run_dir": (None, "run_dir", "Directory for every output of this run."),
     "seed": (None, "seed", "Global random seed (data order, init)."),
-    "resume": (None, "resume", "Continue from the last checkpoint in --run_dir."),
+    "resume": (None, "resume", "Continue an unrecorded run in --run_dir (a recorded run of "
+               "the same config is always resumed)."),
+    "overwrite": (None, "overwrite", "Replace a run of another config in --run_dir."),
     # data
     "data_source": ("data", "source", "synthetic | cityscapes | tfds_cityscapes."),
     "data_dir": ("data", "data_dir", "Cityscapes root with leftImg8bit/ and gtFine/."),
@@ -79,8 +82,8 @@ _FLAG_TABLE = {
     "student_weights": ("student", "pretrained_weights",
                         "Local ResNet50 ImageNet notop .h5 or a .weights.h5 of ours."),
     # search
-    "search_mode": ("search", "mode", "fasterseg | lpt | lbt."),
-    "hypergrad": ("search", "hypergrad", "exact | finite_difference (lbt only)."),
+    "search_mode": ("search", "mode", " | ".join(names.SEARCH_MODES) + "."),
+    "hypergrad": ("search", "hypergrad", " | ".join(names.HYPERGRADS) + " (lbt only)."),
     "search_epochs": ("search", "epochs", "Architecture-search epochs after warm-up."),
     "warmup_epochs": ("search", "warmup_epochs", "Epochs of weight training with A frozen."),
     "search_steps_per_epoch": ("search", "steps_per_epoch", "Steps per search epoch."),
@@ -105,7 +108,8 @@ _FLAG_TABLE = {
                             "Weight of the pseudo-label loss of the student."),
     "student_val_weight": ("search", "student_val_weight",
                            "Weight of the student's val loss in the arch objective."),
-    "pseudo_labels": ("search", "pseudo_labels", "soft | hard pseudo-labels in the real step."),
+    "pseudo_labels": ("search", "pseudo_labels",
+                      " | ".join(names.PSEUDO_LABELS) + " pseudo-labels in the real step."),
     "search_student_aux_weight": ("search", "student_aux_weight",
                                   "Weight of the student's auxiliary-head loss in the search."),
     "finite_difference_scale": ("search", "finite_difference_scale",
@@ -113,10 +117,17 @@ _FLAG_TABLE = {
     "reuse_step_gradients": ("search", "reuse_step_gradients",
                              "lbt: the real weight steps reuse the unrolled step's gradients "
                              "at (T, A_t) and P(T', A_t) instead of recomputing at A_t+1."),
+    "arch_signal_every": ("search", "arch_signal_every",
+                          "lbt: log ||grad_A|| split into teacher/student val terms every N arch "
+                          "steps (one more backward on those steps; 0: never)."),
     "max_skipped_steps": ("search", "max_skipped_steps",
                           "Non-finite steps in a row before lbt falls back to lpt."),
     "log_every": ("search", "log_every", "Steps between log lines."),
     "distribute": ("search", "distribute", "Run under MirroredStrategy on all devices."),
+    "jit_compile": ("search", "jit_compile", "XLA-compile the search step (for GPUs)."),
+    "mixed_precision": ("search", "mixed_precision",
+                        "float32 | mixed_bfloat16: the student computes in bfloat16 (float32 "
+                        "variables, losses, hypergradient; the supernet stays float32)."),
     # retrain
     "arch": ("train", "arch", "Architecture JSON (derived or imported)."),
     "train_epochs": ("train", "epochs", "Retraining epochs."),
@@ -146,6 +157,9 @@ _FLAG_TABLE = {
                               "Serving signature also returns per-class probabilities."),
     "input": ("export", "input", "predict: an image file or a folder of images."),
     "output": ("export", "output", "predict: output folder."),
+    "prediction_format": ("export", "prediction_format",
+                          "predict: color (palette + overlay PNGs) | cityscapes (label-id PNGs "
+                          "named for the official Cityscapes scorer)."),
     # pipeline / experiments
     "pipeline_root": ("pipeline", "pipeline_root", "Root of the pipeline's artifacts."),
     "serving_dir": ("pipeline", "serving_dir", "Where the pusher copies a blessed model."),
@@ -177,7 +191,7 @@ def _field_default(section, name):
 
 
 def _define_all():
-    for flag_name, (section, field, help_text) in _FLAG_TABLE.items():
+    for flag_name, (section, field, help_text) in FLAG_TABLE.items():
         default, type_name = _field_default(section, field)
         type_name = str(type_name)
         if isinstance(default, bool):
@@ -216,11 +230,19 @@ def eval_fraction(text):
     return float(text)
 
 
+def flag_name(section, field) -> str:
+    """The flag of a Config field (section None: top level)."""
+    for flag, (flag_section, flag_field, _) in FLAG_TABLE.items():
+        if (flag_section, flag_field) == (section, field):
+            return flag
+    return f"{section}.{field}" if section else field
+
+
 def build_config(flag_values=flags.FLAGS) -> config_lib.Config:
     """Turns parsed flags into the frozen, validated `Config`."""
     top = {"mode": flag_values.mode}
     sections = {}
-    for flag_name, (section, field, _) in _FLAG_TABLE.items():
+    for flag_name, (section, field, _) in FLAG_TABLE.items():
         default, _ = _field_default(section, field)
         value = _convert(flag_name, flag_values[flag_name].value, default)
         if section is None:

@@ -16,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _parse(*argv):
     flag_values = flags.FlagValues()
     # Re-register every lbt_tf flag on a fresh FlagValues so tests do not share parsed state.
-    for name in list(lbt_flags._FLAG_TABLE) + ["mode"]:
+    for name in list(lbt_flags.FLAG_TABLE) + ["mode"]:
         flag_values[name] = flags.FLAGS[name]
     flag_values.unparse_flags()
     flag_values(["prog", *argv])

@@ -44,6 +44,13 @@ def test_out_of_range_values_name_the_flag_and_range(key, value, flag, allowed):
     assert message.startswith(f"--{flag}=") and allowed in message, message
 
 
+def test_prediction_format_names_the_flag():
+    config = config_lib.replace(config_lib.Config(), **{"export.prediction_format": "tiff"})
+    with pytest.raises(config_lib.ConfigError, match="--prediction_format='tiff': expected one "
+                                                     "of color, cityscapes"):
+        config_lib.validate(config)
+
+
 def test_defaults_and_latency_band():
     config_lib.validate(config_lib.Config())
     band = config_lib.replace(config_lib.Config(), **{"search.latency_target_min_ms": 5.0,

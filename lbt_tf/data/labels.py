@@ -70,6 +70,15 @@ def raw_to_train_id(ignore_label: int = 255) -> np.ndarray:
     return lookup
 
 
+def train_to_label_id() -> np.ndarray:
+    """Lookup array indexed by train id 0..255: the Cityscapes label id (gtFine `labelIds`, as
+    the official scorer reads predictions); any other value -> 0 (unlabeled)."""
+    lookup = np.zeros(256, dtype=np.uint8)
+    for label in _TRAINING_LABELS:
+        lookup[label.train_id] = label.id
+    return lookup
+
+
 def train_id_of(raw_id: int, ignore_label: int = 255) -> int:
     """Train id of one raw id (including -1), with trainId 255/-1 -> `ignore_label`."""
     for label in LABELS:

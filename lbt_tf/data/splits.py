@@ -14,13 +14,12 @@ from typing import Tuple
 import numpy as np
 from absl import logging
 
+from lbt_tf import names
 from lbt_tf.data import cityscapes
 from lbt_tf.errors import DataError
 
 # The synthetic world is fixed: --seed changes how it is split (as with real data), not its images.
 SYNTHETIC_WORLD_SEED = 0
-LBT_SPLIT_NAMES = ("teacher_train", "teacher_val", "student_train", "student_val", "unlabeled",
-                   "val", "test")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +55,7 @@ class LBTSplits:
     test: Source
 
     def items(self):
-        return [(name, getattr(self, name)) for name in LBT_SPLIT_NAMES]
+        return [(name, getattr(self, name)) for name in names.LBT_SPLITS]
 
 
 def make_splits(data_config, seed: int) -> LBTSplits:

@@ -104,7 +104,7 @@ class _Scene:
     def paint_background(self):
         rng, y, x = self.rng, self.y, self.x
         # Sky: gradient, sometimes overcast, with soft clouds.
-        top = np.array([0.35, 0.55, 0.85] if rng.random() < 0.7 else [0.7, 0.72, 0.75], np.float32)
+        top = np.array([0.35, 0.55, 0.85] if rng.random() < 0.85 else [0.6, 0.68, 0.8], np.float32)
         bottom = np.array([0.85, 0.88, 0.92], np.float32)
         t = np.clip(y / self.horizon, 0, 1)[..., None]
         clouds = self.smooth_noise(6)[..., None] * 0.25
@@ -170,9 +170,9 @@ class _Scene:
         rows = slice(0, self.h)
         lengths = rng.uniform(1.0, 5.0, 24)
         starts = 0.5 + np.concatenate([[0.0], np.cumsum(lengths)[:-1]])
-        kinds = rng.choice(4, size=24, p=[0.7, 0.12, 0.06, 0.12])
+        kinds = rng.choice(4, size=24, p=[0.62, 0.12, 0.14, 0.12])
         tops = np.select([kinds == 0, kinds == 1, kinds == 2],
-                         [rng.uniform(2.0, 7.0, 24), rng.uniform(0.4, 0.8, 24),
+                         [rng.uniform(1.8, 5.0, 24), rng.uniform(0.4, 0.8, 24),
                           rng.uniform(0.5, 0.9, 24)], rng.uniform(1.5, 3.5, 24)).astype(np.float32)
         starts, lengths = starts.astype(np.float32), lengths.astype(np.float32)
         colors = _FACADE_COLORS[rng.integers(len(_FACADE_COLORS), size=24)] * rng.uniform(
@@ -192,7 +192,10 @@ class _Scene:
         color = colors[block] + 0.05 * self.pixel_noise[rows, cols][..., None]
         glass = np.float32([0.15, 0.2, 0.28]) + 0.1 * self.smooth_noise(8)[rows, cols][..., None]
         self.put_local(rows, cols, kind == 0, np.where(windows[..., None], glass, color), BUILDING)
-        self.put_local(rows, cols, kind == 1, color, WALL)  # low wall of a facade colour
+        # Low wall of a facade colour: told from a building by its height and block courses.
+        courses = (_frac(height * 10.0) < 0.2) | (_frac(along * 2.0 + 0.5 * _frac(height * 5.0))
+                                                  < 0.06)
+        self.put_local(rows, cols, kind == 1, color * (1.0 - 0.3 * courses[..., None]), WALL)
         if (kind == 2).any():  # fence in front of a hedge
             bars = (_frac(along * 4.0) < 0.25) | (_frac(height * 6.0) < 0.2)
             green = np.float32([0.25, 0.4, 0.15]) * (
@@ -220,17 +223,17 @@ class _Scene:
     def paint_objects(self):
         rng, things = self.rng, []
         for _ in range(rng.integers(1, 6)):  # vehicles on the road
-            kind = rng.choice(3, p=[0.8, 0.12, 0.08])
+            kind = rng.choice(3, p=[0.6, 0.2, 0.2])
             lane = rng.uniform(self.road[0] + 0.25, self.road[1] - 0.25)
-            things.append((rng.uniform(1.2, 30.0), "vehicle", lane, int(kind)))
+            things.append((rng.uniform(1.2, 14.0), "vehicle", lane, int(kind)))
         for _ in range(rng.integers(0, 6)):  # people on the sidewalks
             side = rng.integers(2)
             lo, hi = sorted((self.road[side], self.side_x[side]))
-            things.append((rng.uniform(1.0, 25.0), "person", rng.uniform(lo + 0.03, hi - 0.03), 0))
+            things.append((rng.uniform(1.0, 12.0), "person", rng.uniform(lo + 0.03, hi - 0.03), 0))
         for side in (0, 1):  # poles (with signs / lights) and trees along the curb
             curb_x = self.road[side] + (0.06 if side == 0 else -0.06) * -1
             z = rng.uniform(1.5, 5.0)
-            while z < 40:
+            while z < 20:
                 things.append((z, "pole" if rng.random() < 0.6 else "tree", curb_x, 0))
                 z += rng.uniform(3.0, 9.0)
         for _ in range(rng.integers(0, 3)):  # unlabeled street clutter
@@ -283,7 +286,10 @@ class _Scene:
             cabin = (v > 0.55) & (np.abs(u) < 1.0 - 0.6 * (v - 0.55))
             shape = (v <= 0.55) | cabin
             glass = cabin & (v < 0.92) & (np.abs(u) < 0.85 - 0.6 * (v - 0.55))
-        else:
+        elif kind == TRUCK - CAR:  # closed cargo box: two rear doors, no windows
+            shape = np.ones_like(u * v, bool)
+            glass = (np.abs(u) < 0.05) & (v > 0.2)
+        else:  # bus: a band of windows
             shape = np.ones_like(u * v, bool)
             glass = (v > 0.55) & (v < 0.85) & (np.abs(u) < 0.9) & (_frac(u * 3) < 0.8)
         wheels = (v < 0.18) & (np.abs(np.abs(u) - 0.65) < 0.18)
@@ -313,13 +319,13 @@ class _Scene:
     def paint_pole(self, depth, lateral, _):
         rng = self.rng
         top = rng.uniform(2.6, 3.6)
-        found = self.box(depth, lateral, 0.04, 0.0, top)
+        found = self.box(depth, lateral, 0.07, 0.0, top)
         if found:
             (rows, cols), u, v = found
             self.put_local(rows, cols, np.ones_like(u * v, bool), np.full(3, 0.45, np.float32), POLE)
         attachment = rng.random()
         if attachment < 0.55:  # traffic sign: a coloured disc or plate on the pole
-            found = self.box(depth, lateral, 0.2, top - 0.5, top - 0.1)
+            found = self.box(depth, lateral, 0.4, top - 0.8, top - 0.05)
             if found:
                 (rows, cols), u, v = found
                 disc = u ** 2 + ((v - 0.5) * 2) ** 2 < 1.0 if rng.random() < 0.5 \
@@ -329,7 +335,7 @@ class _Scene:
                 pixels[(u ** 2 + ((v - 0.5) * 2) ** 2) < 0.35] = (0.9, 0.9, 0.9)
                 self.put_local(rows, cols, disc, pixels, SIGN)
         elif attachment < 0.8:  # traffic light: dark housing with one lit lamp
-            found = self.box(depth, lateral, 0.12, top - 0.8, top)
+            found = self.box(depth, lateral, 0.22, top - 1.2, top)
             if found:
                 (rows, cols), u, v = found
                 pixels = np.full((v.shape[0], u.shape[1], 3), 0.08, np.float32)
@@ -386,7 +392,7 @@ class _Scene:
     def finish(self):
         rng = self.rng
         # Global lighting: exposure, colour cast, gamma; then sensor noise.
-        image = self.image * rng.uniform(0.6, 1.25) * rng.uniform(0.9, 1.1, 3).astype(np.float32)
-        image = np.clip(image, 0.0, 1.0) ** rng.uniform(0.8, 1.25)
+        image = self.image * rng.uniform(0.8, 1.15) * rng.uniform(0.93, 1.07, 3).astype(np.float32)
+        image = np.clip(image, 0.0, 1.0) ** rng.uniform(0.9, 1.1)
         image = image + rng.uniform(0.01, 0.04) * (rng.random(image.shape, dtype=np.float32) - 0.5)
         return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8), self.label

@@ -19,11 +19,12 @@ from typing import Dict, Iterator, Optional
 import numpy as np
 import tensorflow as tf
 
+from lbt_tf import names
 from lbt_tf.config import Config, DataConfig
 from lbt_tf.errors import DataError
 
 # The splits an LBT search and its evaluation read, in LBTSplits' field names.
-SPLIT_NAMES = ("teacher_train", "teacher_val", "student_train", "student_val", "unlabeled", "val")
+SPLIT_NAMES = names.RECORD_SPLITS
 SCHEMA_NAME = "schema.json"
 STATISTICS_NAME = "statistics.json"
 SPLITS_NAME = "splits.json"

@@ -15,10 +15,10 @@ import os
 from typing import Dict, List
 
 from lbt_tf import config as config_lib
+from lbt_tf import names
 from lbt_tf.config import ConfigError
 from lbt_tf.experiments import results as results_lib
 
-SEARCH_MODES = ("fasterseg", "lpt", "lbt")
 COLUMNS = (("method_label", "method", "{}"),
            ("teacher_val_miou", "teacher val mIoU (search)", "{:.4f}"),
            ("retrained_miou", "retrained mIoU", "{:.4f}"),
@@ -30,10 +30,10 @@ COLUMNS = (("method_label", "method", "{}"),
 
 def run_compare(config) -> List[Dict]:
     modes = tuple(config.pipeline.compare_modes)
-    unknown = [m for m in modes if m not in SEARCH_MODES]
+    unknown = [m for m in modes if m not in names.SEARCH_MODES]
     if unknown or not modes:
         raise ConfigError(f"--compare_modes={','.join(modes)}: expected a subset of "
-                          f"{','.join(SEARCH_MODES)}")
+                          f"{','.join(names.SEARCH_MODES)}")
     out_dir = os.path.join(config.run_dir, "compare")
     rows = [compare_method(config, mode, os.path.join(out_dir, mode)) for mode in modes]
     table = results_lib.markdown_table(rows, COLUMNS)
@@ -52,11 +52,10 @@ def run_compare(config) -> List[Dict]:
     return rows
 
 
-def compare_method(config, mode: str, method_dir: str) -> Dict:
-    """Search with `mode`, retrain and evaluate the found architecture; cached as result.json."""
+def compare_method(config, mode: str, method_dir: str, lock=None) -> Dict:
+    """Search with `mode`, retrain and evaluate the found architecture; cached as result.json.
+    `lock`: see `retrain_and_evaluate`."""
     from lbt_tf.pipeline_steps import search_summary
-    from lbt_tf.retrain.evaluate import run_evaluate
-    from lbt_tf.retrain.trainer import run_train
     from lbt_tf.search.runner import run_search
 
     result_path = os.path.join(method_dir, "result.json")
@@ -78,20 +77,31 @@ def compare_method(config, mode: str, method_dir: str) -> Dict:
         results_lib.write_json(search_path, search)
 
     print(f"[compare] {mode}: retrain {search['arch_path']}", flush=True)
-    retrain_dir = os.path.join(method_dir, "retrain")
-    retrain_config = config_lib.replace(
-        config, mode="train", run_dir=retrain_dir, resume=_resume(config, retrain_dir),
-        **{"train.arch": search["arch_path"]})
-    run_train(retrain_config)
-    evaluation = run_evaluate(config_lib.replace(retrain_config, mode="evaluate"))
+    retrained = retrain_and_evaluate(config, search["arch_path"],
+                                     os.path.join(method_dir, "retrain"), lock)
     final_mode = search.get("final_mode", mode)
     label = mode if final_mode == mode else f"{mode} (fell back to {final_mode})"
-    row = dict(search, method=mode, method_label=label,
-               retrained_miou=float(evaluation["miou"]),
-               measured_latency_ms=float(evaluation["speed"]["latency_ms"]),
-               params=results_lib.count_params(retrain_config))
+    row = dict(search, **retrained, method=mode, method_label=label)
     results_lib.write_json(result_path, row)
     return row
+
+
+def retrain_and_evaluate(config, arch_path: str, retrain_dir: str, lock=None) -> Dict:
+    """Retrains `arch_path` with the config's retraining budget and evaluates it on the val
+    split: {"retrained_miou", "measured_latency_ms", "params"}. `lock`: a context manager held
+    while evaluating (the latency measurement), e.g. a file lock shared with other heavy jobs."""
+    import contextlib
+    from lbt_tf.retrain.evaluate import run_evaluate
+    from lbt_tf.retrain.trainer import run_train
+    retrain_config = config_lib.replace(
+        config, mode="train", run_dir=retrain_dir, resume=_resume(config, retrain_dir),
+        **{"train.arch": arch_path})
+    run_train(retrain_config)
+    with lock if lock is not None else contextlib.nullcontext():
+        evaluation = run_evaluate(config_lib.replace(retrain_config, mode="evaluate"))
+    return {"retrained_miou": float(evaluation["miou"]),
+            "measured_latency_ms": float(evaluation["speed"]["latency_ms"]),
+            "params": results_lib.count_params(retrain_config)}
 
 
 def _resume(config, stage_dir: str) -> bool:
@@ -99,4 +109,4 @@ def _resume(config, stage_dir: str) -> bool:
     return config.resume or os.path.isdir(stage_dir)
 
 
-__all__ = ["run_compare", "compare_method"]
+__all__ = ["run_compare", "compare_method", "retrain_and_evaluate"]

@@ -3,12 +3,19 @@
 The fused soft-label cross-entropy (`tf.nn.softmax_cross_entropy_with_logits`, Keras'
 CategoricalCrossentropy) gives a silently zero gradient through its labels at second order, so
 the soft (pseudo-label) loss is written out as -sum(p * log_softmax(z)).
+Under a mixed-precision policy the logits arrive in bfloat16/float16: every loss is computed in
+float32 (`at_least_float32`), so the losses and the gradients that start from them are float32.
 """
 from __future__ import annotations
 
 import tensorflow as tf
 
 from lbt_tf.ops.resize import downsample_labels_nearest, resize_bilinear
+
+
+def at_least_float32(x):
+    """x in float32 when it is a 16-bit float; float32/float64 unchanged."""
+    return tf.cast(x, tf.float32) if x.dtype in (tf.bfloat16, tf.float16) else x
 
 
 def segmentation_ce(logits, labels, ignore_label: int):
@@ -18,6 +25,7 @@ def segmentation_ce(logits, labels, ignore_label: int):
     than the labels, labels are down-sampled with nearest neighbour (FasterSeg computes the search
     loss at 1/8 resolution this way); when they are larger, an error.
     """
+    logits = at_least_float32(logits)
     labels = tf.cast(labels, tf.int32)
     if labels.shape[1] != logits.shape[1] or labels.shape[2] != logits.shape[2]:
         labels = downsample_labels_nearest(labels, logits.shape[1:3])
@@ -34,6 +42,7 @@ def soft_ce(logits, target_probs):
 
     target_probs are resized bilinearly (twice differentiable) to the logits' size when needed.
     """
+    logits, target_probs = at_least_float32(logits), at_least_float32(target_probs)
     if target_probs.shape[1:3] != logits.shape[1:3]:
         target_probs = resize_bilinear(target_probs, logits.shape[1:3])
     log_probs = tf.nn.log_softmax(logits, axis=-1)

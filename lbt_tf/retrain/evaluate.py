@@ -12,6 +12,7 @@ from typing import Callable, List, Tuple
 import numpy as np
 import tensorflow as tf
 
+from lbt_tf.names import EVAL_SPLITS
 from lbt_tf.config import Config, ConfigError
 from lbt_tf.retrain import network as network_lib
 from lbt_tf.retrain import speed
@@ -23,8 +24,7 @@ def eval_source(config: Config, split: str):
     splits = data_lib.make_splits(config.data, config.seed)
     source = getattr(splits, split, None)
     if source is None:
-        known = [n for n in ("val", "test", "train", "teacher_train", "teacher_val",
-                             "student_train", "student_val") if getattr(splits, n, None)]
+        known = [n for n in EVAL_SPLITS if getattr(splits, n, None)]
         raise ConfigError(f"--eval_split={split!r}: expected one of {', '.join(known)}")
     if not getattr(source, "labeled", True):
         raise ConfigError(f"--eval_split={split!r} has no labels to evaluate against")

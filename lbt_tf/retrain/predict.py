@@ -1,8 +1,11 @@
 """`--mode=predict --input=IMG_OR_DIR --output=DIR`: label maps of images with the exported
 SavedModel (`--export_dir`, default `<run_dir>/export`).
 
-Writes `<name>_labels.png` (Cityscapes palette) and `<name>_overlay.png` for every readable image;
-unreadable files get a warning line naming them and are skipped, the rest are still processed.
+Writes `<name>_labels.png` (Cityscapes palette) and `<name>_overlay.png` for every readable image,
+or with `--prediction_format=cityscapes` one `<name>_labelIds.png` of Cityscapes label ids (train
+ids mapped back, as gtFine `*_labelIds.png`) per image, found anywhere under --input: the official
+scorer (cityscapesscripts' evalPixelLevelSemanticLabeling) matches `<city>_<seq>_<frame>*.png`.
+Unreadable files get a warning line naming them and are skipped, the rest are still processed.
 """
 from __future__ import annotations
 
@@ -14,17 +17,23 @@ import tensorflow as tf
 from PIL import Image, UnidentifiedImageError
 
 from lbt_tf.config import Config, ConfigError
+from lbt_tf.data.labels import train_to_label_id
 from lbt_tf.errors import DataError
 from lbt_tf.retrain import serving
 from lbt_tf.retrain.export import export_dir
 
 OVERLAY_ALPHA = 0.5
+TRAIN_TO_LABEL_ID = train_to_label_id()
 
 
-def list_inputs(path: str) -> List[str]:
-    """The file itself, or every non-hidden file of the folder (sorted; not recursive)."""
+def list_inputs(path: str, recursive: bool = False) -> List[str]:
+    """The file itself, or every non-hidden file of the folder (sorted; with `recursive`, of its
+    subfolders too: a Cityscapes split has one folder per city)."""
     if os.path.isfile(path):
         return [path]
+    if os.path.isdir(path) and recursive:
+        return sorted(os.path.join(root, name) for root, _, names in os.walk(path)
+                      for name in names if not name.startswith("."))
     if os.path.isdir(path):
         return [os.path.join(path, name) for name in sorted(os.listdir(path))
                 if not name.startswith(".") and os.path.isfile(os.path.join(path, name))]
@@ -58,7 +67,8 @@ def run_predict(config: Config) -> dict:
     from lbt_tf.data.visualize import colorize
     if not config.export.input:
         raise ConfigError("--mode=predict needs --input (an image file or a folder)")
-    paths = list_inputs(config.export.input)
+    cityscapes = config.export.prediction_format == "cityscapes"
+    paths = list_inputs(config.export.input, recursive=cityscapes)
     out_dir = config.export.output or os.path.join(config.run_dir, "predict")
     os.makedirs(out_dir, exist_ok=True)
     _, signature = load_serving_signature(export_dir(config))
@@ -71,10 +81,14 @@ def run_predict(config: Config) -> dict:
             skipped.append(path)
             continue
         labels = signature(images=tf.constant(image[None]))["labels"][0].numpy()
-        colour = np.asarray(colorize(labels), np.uint8)
         stem = os.path.splitext(os.path.basename(path))[0]
+        processed.append(path)
+        if cityscapes:
+            label_ids = TRAIN_TO_LABEL_ID[np.clip(labels, 0, 255)]
+            Image.fromarray(label_ids).save(os.path.join(out_dir, f"{stem}_labelIds.png"))
+            continue
+        colour = np.asarray(colorize(labels), np.uint8)
         Image.fromarray(colour).save(os.path.join(out_dir, f"{stem}_labels.png"))
         Image.fromarray(overlay(image, colour)).save(os.path.join(out_dir, f"{stem}_overlay.png"))
-        processed.append(path)
     print(f"predict: processed {len(processed)}, skipped {len(skipped)}; output={out_dir}")
     return {"processed": processed, "skipped": skipped, "output": out_dir}

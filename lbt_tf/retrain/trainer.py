@@ -5,7 +5,8 @@ loss = CE(logits) + aux_weight * sum CE(aux_logits)
 SGD with momentum, weight decay and poly learning-rate decay (config.train; Keras' SGD decays
 weights decoupled, w -= lr * wd * w, where FasterSeg's torch SGD adds wd * w to the gradient
 before momentum: the same at momentum 0, close otherwise), driven by
-`keras.Model.fit`: progress bar, TensorBoard, `BackupAndRestore` for `--resume`. The network's
+`keras.Model.fit`: progress bar, TensorBoard, `BackupAndRestore` (a rerun of the same config
+resumes; another config in the same --run_dir is refused, lbt_tf.run_record). The network's
 weights go to `<run_dir>/train/model.weights.h5` after every epoch, its architecture JSON beside.
 """
 from __future__ import annotations
@@ -13,14 +14,19 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import os
-import shutil
 
 import keras
 import tensorflow as tf
 
+from lbt_tf import run_record
 from lbt_tf.config import Config, ConfigError
 from lbt_tf.ops import losses
 from lbt_tf.retrain import network as network_lib
+from lbt_tf.search.callbacks import DivergenceGuard
+
+BACKUP_NAME = "backup"
+# What a retraining writes in <run_dir>/train (removed by --overwrite).
+OUTPUTS = (BACKUP_NAME, network_lib.WEIGHTS_NAME, network_lib.ARCH_NAME, "tensorboard")
 
 
 class RetrainModel(keras.Model):
@@ -155,14 +161,15 @@ def run_train(config: Config):
     RetrainModel, its optimizer's state included)}."""
     t = config.train
     arch = network_lib.load_arch(t.arch)
-    keras.utils.set_random_seed(config.seed)
     out_dir = network_lib.train_dir(config)
-    os.makedirs(out_dir, exist_ok=True)
-    arch_copy = network_lib.save_arch_beside_weights(arch, out_dir)
-
+    plan = run_record.check(config, "train", out_dir, OUTPUTS)  # refuses before any work
     input_hw = (config.data.crop_height, config.data.crop_width)
-    dataset, batches_per_pass = training_dataset(config)
+    dataset, batches_per_pass = training_dataset(config)  # files checked before writing
     steps = t.steps_per_epoch or batches_per_pass
+    os.makedirs(out_dir, exist_ok=True)
+    plan.apply()
+    keras.utils.set_random_seed(config.seed)
+    arch_copy = network_lib.save_arch_beside_weights(arch, out_dir)
     net = network_lib.build_network(config, arch, input_hw)
     model = RetrainModel(net, config.data.ignore_label, t.aux_weight,
                          teacher=_load_teacher(config, input_hw),
@@ -171,11 +178,11 @@ def run_train(config: Config):
     model.compile(optimizer=make_optimizer(t, t.epochs * steps), jit_compile=False)
     model(tf.zeros((1, *input_hw, 3)))  # BackupAndRestore needs a built model
 
-    backup_dir = os.path.join(out_dir, "backup")
-    if not config.resume and os.path.isdir(backup_dir):
-        shutil.rmtree(backup_dir)  # a fresh run must not silently continue an old one
+    backup_dir = os.path.join(out_dir, BACKUP_NAME)  # a fresh run has none (run_record)
     weights_path = os.path.join(out_dir, network_lib.WEIGHTS_NAME)
-    callbacks = [keras.callbacks.BackupAndRestore(backup_dir, delete_checkpoint=False),
+    # The guard first: a diverged epoch is neither backed up nor saved.
+    guard = DivergenceGuard({"loss": ("train_lr", t.lr)})
+    callbacks = [guard, keras.callbacks.BackupAndRestore(backup_dir, delete_checkpoint=False),
                  SaveNetworkWeights(net, weights_path)]
     if tensorboard_available():
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(out_dir, "tensorboard")))

@@ -1,3 +1,6 @@
-"""LBT architecture search over the FasterSeg space: `architect` (the unrolled update, pure
-functions), `lbt_model.LBTSearch` (teacher + student in one Keras model, `train_step` = one LBT
-step), `callbacks` (schedule, fallback, architecture log, checkpoints) and `runner.run_search`."""
+"""LBT architecture search over the FasterSeg space: `unrolled` (the update of A through the
+three equations, pure functions; `finite_difference` its DARTS approximation), `learner` (models as
+functions of weight values, losses, batches), `updates` (replica mean, apply-if-finite),
+`lbt_model.LBTSearch` (teacher + student in one Keras model, `train_step` = one LBT step),
+`callbacks` (schedule, fallback, architecture log, checkpoints, progress line) and
+`runner.run_search`."""

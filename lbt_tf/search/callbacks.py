@@ -10,6 +10,9 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from lbt_tf.errors import LbtError
+from lbt_tf.names import PHASES
+
 
 class EpochSchedule(keras.callbacks.Callback):
     """FasterSeg's schedule, per epoch: warm-up (A frozen) for `warmup_epochs`, then search;
@@ -26,7 +29,8 @@ class EpochSchedule(keras.callbacks.Callback):
         factor = cfg.lr_decay ** epoch
         model.teacher_optimizer.learning_rate.assign(cfg.teacher_lr * factor)
         model.student_optimizer.learning_rate.assign(cfg.student_lr * factor)
-        model.set_phase("warmup" if epoch < cfg.warmup_epochs else "search")
+        warmup, search = PHASES
+        model.set_phase(warmup if epoch < cfg.warmup_epochs else search)
 
     def on_epoch_end(self, epoch, logs=None):
         cfg, model = self.config, self.model
@@ -82,56 +86,104 @@ class ArchitectureLog(keras.callbacks.Callback):
         self.save_fn = save_fn
         self.history = history if history is not None else []
         self.latest_path = None
+        self.previous = history[-1]["arch_values"] if history else None
         os.makedirs(os.path.join(run_dir, "arch"), exist_ok=True)
 
+    def on_train_begin(self, logs=None):
+        if self.previous is None:
+            self.previous = self.arch_values()
+
+    def arch_values(self) -> Dict[str, list]:
+        return {v.name: np.asarray(v.numpy()).tolist()  # name: stable across builds
+                for v in self.model.teacher_learner.arch_variables}
+
     def on_epoch_end(self, epoch, logs=None):
-        model = self.model
         arch = self.derive_fn()
         path = os.path.join(self.run_dir, "arch", f"arch_epoch_{epoch + 1:03d}.json")
-        self.save_fn(arch, path)
-        self.save_fn(arch, os.path.join(self.run_dir, "arch.json"))
-        self.latest_path = os.path.join(self.run_dir, "arch.json")
-        values = {v.name: np.asarray(v.numpy()).tolist()  # name: stable across builds
-                  for v in model.teacher_learner.arch_variables}
+        self.save_fn(arch, path)  # arch.json (the found architecture) only when the run ends
+        self.latest_path = path
+        values = self.arch_values()
+        if logs is not None and self.previous is not None:
+            # Is the search still deciding, or has every row settled? (TensorBoard + history)
+            logs.update(argmax_changed(self.previous, values))
+        self.previous = values
         self.history.append({"epoch": epoch + 1, "arch_values": values})
-        with open(os.path.join(self.run_dir, "arch", "arch_history.json"), "w") as f:
-            json.dump(self.history, f)
+        write_json_atomically(os.path.join(self.run_dir, "arch", "arch_history.json"),
+                              self.history, indent=None)
 
     def on_train_end(self, logs=None):
         if self.history:
             plot_arch_history(self.history, os.path.join(self.run_dir, "arch_evolution.png"))
 
 
+def write_json_atomically(path: str, value, indent=1):
+    """A kill leaves the old file or the new one, never half of one."""
+    partial = path + ".partial"
+    with open(partial, "w") as f:
+        json.dump(value, f, indent=indent)
+    os.replace(partial, path)
+
+
+def row_probabilities(value) -> np.ndarray:
+    """Softmax of every row of an arch variable, as [rows, choices]."""
+    logits = np.asarray(value, dtype=np.float64)
+    logits = logits.reshape(-1, logits.shape[-1]) if logits.ndim else logits.reshape(1, 1)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    return probs / probs.sum(-1, keepdims=True)
+
+
+def argmax_changed(previous: Dict, current: Dict) -> Dict[str, float]:
+    """arch_argmax_changed_<alpha|beta|gamma>: fraction of the rows of that kind of arch
+    variable whose argmax differs between two snapshots (name -> values)."""
+    changed: Dict[str, List[int]] = {}
+    for name, value in current.items():
+        kind = name.split("/")[-1].split("_")[0].split(":")[0]
+        before = np.argmax(row_probabilities(previous[name]), -1)
+        now = np.argmax(row_probabilities(value), -1)
+        counts = changed.setdefault(f"arch_argmax_changed_{kind}", [0, 0])
+        counts[0] += int((before != now).sum())
+        counts[1] += now.size
+    return {key: n / max(total, 1) for key, (n, total) in sorted(changed.items())}
+
+
 def plot_arch_history(history: List[Dict], path: str):
-    """One panel per arch variable: softmax weight of each choice (mean over rows) per epoch."""
+    """One heatmap per arch variable: rows x epochs, colour = the row's argmax choice, opacity
+    = how peaked its softmax is (transparent: uniform, opaque: one-hot), max prob written in."""
     import matplotlib
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
+    from matplotlib.patches import Patch
 
     names = list(history[0]["arch_values"].keys())
     epochs = [h["epoch"] for h in history]
     cols = min(3, len(names))
     rows = (len(names) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
+    colours = plt.get_cmap("tab10").colors
     for ax, name in zip(axes.flat, names):
-        series = []
-        for h in history:
-            logits = np.asarray(h["arch_values"][name], dtype=np.float64)
-            logits = logits.reshape(-1, logits.shape[-1]) if logits.ndim else logits.reshape(1, 1)
-            probs = np.exp(logits - logits.max(-1, keepdims=True))
-            probs /= probs.sum(-1, keepdims=True)
-            series.append(probs.mean(0))
-        series = np.stack(series)
-        for k in range(series.shape[1]):
-            ax.plot(epochs, series[:, k], marker="o", label=f"choice {k}")
-        ax.set_title(name.split("/")[-1], fontsize=8)
-        ax.set_xlabel("epoch")
-        ax.set_ylim(0, 1)
-        ax.legend(fontsize=6)
+        probs = np.stack([row_probabilities(h["arch_values"][name]) for h in history], 1)
+        choices = probs.shape[-1]
+        best, top = probs.argmax(-1), probs.max(-1)            # [rows, epochs]
+        peaked = np.clip((top - 1.0 / choices) / max(1.0 - 1.0 / choices, 1e-9), 0, 1)
+        image = np.ones(best.shape + (4,))
+        image[..., :3] = np.asarray(colours)[best % len(colours)]
+        image[..., 3] = 0.2 + 0.8 * np.sqrt(peaked)
+        ax.imshow(image, aspect="auto", interpolation="nearest",
+                  extent=(epochs[0] - 0.5, epochs[-1] + 0.5, best.shape[0] - 0.5, -0.5))
+        if best.size <= 400:
+            for (r, e), p in np.ndenumerate(top):
+                ax.text(epochs[e], r, f"{p:.2f}", ha="center", va="center", fontsize=5)
+        ax.set_title(f"{name.split('/')[-1]}: argmax per row (text: max prob)", fontsize=7)
+        ax.set_xlabel("epoch", fontsize=7)
+        ax.set_ylabel("row", fontsize=7)
+        ax.set_yticks(range(0, best.shape[0], max(1, best.shape[0] // 16)))
+        ax.legend(handles=[Patch(color=colours[k % len(colours)], label=f"choice {k}")
+                           for k in range(choices)], fontsize=5, loc="upper right",
+                  bbox_to_anchor=(1.3, 1.0))
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=90)
     plt.close(fig)
 
 
@@ -150,3 +202,124 @@ class CheckpointEveryEpoch(keras.callbacks.Callback):
             self.extra_state_fn(epoch + 1, logs or {})
         path = self.manager.save(checkpoint_number=epoch + 1)
         logging.info("checkpoint %s", path)
+
+
+class DivergenceError(LbtError):
+    """A run diverged; the message names the likely flag. Nothing after the last good epoch is
+    saved."""
+
+
+class DivergenceGuard(keras.callbacks.Callback):
+    """Stops a diverging run with a DivergenceError (exit 2 from main) instead of a result:
+    - a loss above `growth` x its first finite value (a rate too large),
+    - a loss that is not finite where no step-skipping protects the weights (`skips_fn` None),
+    - more than `max_skip_fraction` of an epoch's steps skipped as non-finite (`skips_fn()`: the
+      run's count of skipped steps so far),
+    - an architecture softmax saturated (a row's top probability > 1 - `saturation`, where its
+      gradient vanishes) within the first `saturation_steps` steps that update it.
+    `loss_flags`: log key -> (flag, value) of the learning rate that drives it; `arch_values_fn`
+    gives the arch variables' values while `arch_active_fn()` says they are being updated.
+    Put it before the callbacks that save, so a diverged epoch saves nothing."""
+
+    def __init__(self, loss_flags: Dict[str, tuple], growth: float = 100.0,
+                 skips_fn: Optional[Callable] = None, max_skip_fraction: float = 0.5,
+                 arch_values_fn: Optional[Callable] = None, arch_active_fn=lambda: True,
+                 arch_flag: tuple = ("arch_lr", None), saturation: float = 1e-6,
+                 saturation_steps: int = 20, min_steps_for_fraction: int = 10):
+        super().__init__()
+        self.loss_flags = loss_flags
+        self.growth = growth
+        self.skips_fn = skips_fn
+        self.max_skip_fraction = max_skip_fraction
+        self.arch_values_fn = arch_values_fn
+        self.arch_active_fn = arch_active_fn
+        self.arch_flag = arch_flag
+        self.saturation = saturation
+        self.saturation_steps = saturation_steps
+        self.min_steps_for_fraction = min_steps_for_fraction
+        self.reference: Dict[str, float] = {}
+        self.arch_steps = 0
+        self.epoch = 0
+        self.steps_in_epoch = 0
+        self.skips_at_epoch_begin = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch, self.steps_in_epoch = epoch, 0
+        self.skips_at_epoch_begin = self.skips_fn() if self.skips_fn is not None else 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        logs = logs or {}
+        self.steps_in_epoch += 1
+        self._check_losses(logs, f"epoch {self.epoch + 1} step {batch + 1}")
+        if self.steps_in_epoch >= self.min_steps_for_fraction:
+            self._check_skips(f"epoch {self.epoch + 1}")
+        if self.arch_values_fn is not None and self.arch_active_fn():
+            self.arch_steps += 1
+            if self.arch_steps <= self.saturation_steps:
+                self._check_saturation(f"epoch {self.epoch + 1} step {batch + 1}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        self._check_losses(logs, f"epoch {epoch + 1}")
+        self._check_skips(f"epoch {epoch + 1}")
+
+    def _fail(self, where, what, flag):
+        name, value = flag
+        raise DivergenceError(f"the run diverged at {where}: {what}; the likely cause is "
+                              f"--{name}" + ("" if value is None else f"={value:g}") +
+                              " (lower it)")
+
+    def _check_losses(self, logs, where):
+        for key, flag in self.loss_flags.items():
+            if key not in logs:
+                continue
+            value = float(logs[key])
+            if not np.isfinite(value):
+                if self.skips_fn is None:  # nothing protected the weights from this step
+                    self._fail(where, f"{key} is {value}", flag)
+                continue  # skipped steps are judged by their fraction
+            first = self.reference.setdefault(key, value)
+            if first > 0 and value > self.growth * first:
+                self._fail(where, f"{key} {value:.4g} is {value / first:.3g}x its first value "
+                                  f"{first:.4g} (limit {self.growth:g}x)", flag)
+
+    def _check_skips(self, where):
+        if self.skips_fn is None or not self.steps_in_epoch:
+            return
+        skipped = self.skips_fn() - self.skips_at_epoch_begin
+        fraction = skipped / self.steps_in_epoch
+        if fraction > self.max_skip_fraction:
+            flags = " or ".join(f"--{name}" for name, _ in self.loss_flags.values())
+            raise DivergenceError(
+                f"the run diverged at {where}: {int(skipped)} of {self.steps_in_epoch} steps "
+                f"were non-finite and skipped (limit {self.max_skip_fraction:.0%}); the likely "
+                f"cause is a too large {flags} or --arch_lr (lower them)")
+
+    def _check_saturation(self, where):
+        for name, value in self.arch_values_fn().items():
+            logits = np.asarray(value, np.float64)
+            logits = logits.reshape(-1, logits.shape[-1])
+            probs = np.exp(logits - logits.max(-1, keepdims=True))
+            top = (probs / probs.sum(-1, keepdims=True)).max(-1)
+            if logits.shape[-1] > 1 and (not np.all(np.isfinite(logits))
+                                         or top.max() > 1.0 - self.saturation):
+                self._fail(where, f"the softmax of {name} saturated after {self.arch_steps} "
+                                  f"architecture step(s) (max |logit| "
+                                  f"{np.nanmax(np.abs(logits)):.3g}; its gradient vanishes)",
+                           self.arch_flag)
+
+
+class PhaseProgbar(keras.callbacks.ProgbarLogger):
+    """Keras' progress line showing only the logs the current phase updates
+    (`LBTSearch.progress_keys`) and the val metrics; the other callbacks (TensorBoard, the
+    history) still get every log."""
+
+    def _shown(self, logs):
+        keys = self.model.progress_keys()
+        return {k: v for k, v in (logs or {}).items() if k in keys or k.startswith("val_")}
+
+    def on_train_batch_end(self, batch, logs=None):
+        super().on_train_batch_end(batch, self._shown(logs))
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, self._shown(logs))

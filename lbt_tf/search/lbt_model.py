@@ -1,14 +1,14 @@
 """`LBTSearch`: teacher supernet + student in one Keras model whose `train_step` is one LBT step.
 
-`fit` drives it, so callbacks, the progress bar and TensorBoard work as usual. One step:
-  1. (search phase only) the architecture gradient of `architect.SearchProblem` for the mode
-     (fasterseg | lpt | lbt-exact | lbt-finite_difference), averaged over replicas, clipped by
-     global norm, applied with Adam *only if* the objective and the gradient are finite;
+`fit` drives it, so callbacks, the progress bar and TensorBoard work as usual. This module only
+schedules the phases and applies updates; the update itself is in unrolled.py. One step:
+  1. (search phase only) `unrolled.update_architecture` with the architecture gradient for the
+     mode (fasterseg | lpt | lbt-exact | lbt-finite_difference);
   2. the real weight steps: T with SGD on D_t^tr; S with SGD on D_s^tr plus pseudo-labels of
      D_u (soft: teacher probabilities with `soft_ce`; hard: their argmax), again applied (with
      the new BatchNorm statistics) only if losses and gradients are finite.
 In lbt mode the weight steps reuse what the unrolled step computed on the same batches
-(`architect.StepGradients`): always grad_S L(S; D_s^tr) and its BatchNorm statistics (S and the
+(`learner.StepGradients`): always grad_S L(S; D_s^tr) and its BatchNorm statistics (S and the
 batch are the same, so this changes nothing); with `search.reuse_step_gradients` also the
 teacher's gradient and statistics on D_t^tr at (T, A) and the soft pseudo-label gradient with
 P(T', A; D_u), i.e. T and S then step from the same point (A_t) as A does, instead of after it.
@@ -26,66 +26,30 @@ from typing import Optional
 import keras
 import tensorflow as tf
 
-from lbt_tf.search import architect
+from lbt_tf import names
+from lbt_tf.metrics import StreamingMeanIoU
+from lbt_tf.search import learner as lrn
+from lbt_tf.search import unrolled
+from lbt_tf.search.updates import all_finite, apply_if_finite, replica_mean
 
-
-def _all_finite(tensors):
-    checks = [tf.reduce_all(tf.math.is_finite(t)) for t in tensors if _is_float(t)]
-    return tf.reduce_all(tf.stack(checks)) if checks else tf.constant(True)
-
-
-def _is_float(tensor):
-    return tensor.dtype.is_floating
-
-
-def _replica_mean(values):
-    """All-reduce mean of the floating tensors across replicas (identity without a strategy;
-    integer state such as seed-generator counters is identical on every replica)."""
-    ctx = tf.distribute.get_replica_context()
-    if ctx is None or ctx.num_replicas_in_sync == 1:
-        return values
-    flat = tf.nest.flatten(values)
-    floats = [t for t in flat if _is_float(t)]
-    reduced = iter(ctx.all_reduce(tf.distribute.ReduceOp.MEAN, floats))
-    return tf.nest.pack_sequence_as(values, [next(reduced) if _is_float(t) else t for t in flat])
-
-
-def apply_if_finite(finite, updates):
-    """Runs every `(optimizer, grads, variables)` / `(None, values, variables)` update iff `finite`.
-
-    The condition is taken in cross-replica context (as Keras' LossScaleOptimizer does):
-    distribution strategies allow no `tf.cond` around a `merge_call` in replica context. With
-    an optimizer, its `apply`; without, the values are assigned (BatchNorm statistics).
-    """
-    def run_updates(grads_and_values):
-        for (optimizer, _, variables), values in zip(updates, grads_and_values):
-            if optimizer is not None:
-                optimizer.apply(values, variables)
-            else:
-                for variable, value in zip(variables, values):
-                    variable.assign(value)
-
-    payload = [values for _, values, _ in updates]
-
-    def cross_replica(distribution, finite_value, payload_value):
-        first = distribution.experimental_local_results(finite_value)[0]
-
-        def do_apply():
-            distribution.extended.call_for_each_replica(run_updates, args=(payload_value,))
-            return tf.constant(True)
-
-        return tf.cond(first, do_apply, lambda: tf.constant(False))
-
-    tf.distribute.get_replica_context().merge_call(cross_replica, args=(finite, payload))
+# What the progress line shows per phase (every metric still reaches TensorBoard and the
+# run's history).
+WARMUP_PROGRESS = ("teacher_loss", "student_loss", "pseudo_loss")
+SEARCH_PROGRESS = WARMUP_PROGRESS + ("arch_objective", "expected_latency_ms", "arch_entropy")
+# Per arch step: ||grad_A F|| split into its terms, and the cosine of successive grad_A F.
+ARCH_SIGNALS = ("arch_grad_norm_teacher_val", "arch_grad_norm_student_val",
+                "arch_grad_norm_latency", "arch_grad_cosine")
 
 
 class LBTSearch(keras.Model):
     """Holds the supernet (teacher), the student (None in fasterseg mode) and three optimizers."""
 
-    def __init__(self, supernet, student, search_config, ignore_label: int, num_classes: int,
-                 latency_fn=None, latency_weight: float = 0.0, mode: Optional[str] = None,
-                 **kwargs):
+    def __init__(self, supernet: lrn.SearchableSupernet, student, search_config,
+                 ignore_label: int, num_classes: int, latency_fn=None,
+                 latency_weight: float = 0.0, mode: Optional[str] = None, **kwargs):
         super().__init__(**kwargs)
+        if not isinstance(supernet, lrn.SearchableSupernet):
+            raise TypeError(f"{type(supernet).__name__} lacks the SearchableSupernet interface")
         cfg = search_config
         self.search_config = cfg
         self.supernet = supernet
@@ -94,12 +58,11 @@ class LBTSearch(keras.Model):
         self.ignore_label = ignore_label
         self.mode = mode or cfg.mode
         self.hypergrad = cfg.hypergrad
-        self.phase = "warmup"
+        self.phase = names.PHASES[0]
         self.trace_count = 0
-        arch_vars = list(getattr(supernet, "arch_variables", []))
-        self.teacher_learner = architect.Learner(supernet, arch_vars)
-        self.student_learner = architect.Learner(student) if student is not None else None
-        self.problem = architect.SearchProblem(
+        self.teacher_learner = lrn.Learner(supernet, supernet.arch_variables)
+        self.student_learner = lrn.Learner(student) if student is not None else None
+        self.problem = unrolled.SearchProblem(
             teacher=self.teacher_learner, student=self.student_learner,
             ignore_label=ignore_label, latency_fn=latency_fn,
             pseudo_label_weight=cfg.pseudo_label_weight,
@@ -128,31 +91,42 @@ class LBTSearch(keras.Model):
         self.consecutive_skips = keras.Variable(0, dtype="int64", trainable=False,
                                                 name="consecutive_skips",
                                                 aggregation="only_first_replica")
+        # Diagnostics only (not checkpointed): arch steps taken, the previous grad_A F.
+        self.arch_steps = keras.Variable(0, dtype="int64", trainable=False, name="arch_steps",
+                                         aggregation="only_first_replica")
+        self.previous_arch_grads = [
+            keras.Variable(tf.zeros_like(v.value), trainable=False, name="previous_arch_grad",
+                           aggregation="only_first_replica")
+            for v in self.teacher_learner.arch_variables]
         self.trackers = {name: keras.metrics.Mean(name=name) for name in (
             "teacher_loss", "student_loss", "pseudo_loss", "arch_objective",
             "arch_teacher_val_loss", "arch_student_val_loss", "arch_latency_loss",
-            "arch_grad_norm", "expected_latency_ms")}
-        self.teacher_miou = _miou_metric(num_classes, ignore_label, "teacher_miou")
-        self.student_miou = (_miou_metric(num_classes, ignore_label, "student_miou")
+            "arch_grad_norm", "expected_latency_ms", "arch_entropy") + ARCH_SIGNALS}
+        self.teacher_miou = StreamingMeanIoU(num_classes, ignore_label, name="teacher_miou")
+        self.student_miou = (StreamingMeanIoU(num_classes, ignore_label, name="student_miou")
                              if student is not None else None)
         self.built = True  # the learners are built; `fit` must not call `call` on the dict input
 
     # ---- phase / mode switches (rebuild the step once) ------------------------------------------
     def set_phase(self, phase: str):
-        if phase not in ("warmup", "search"):
-            raise ValueError(f"phase must be warmup or search, got {phase!r}")
+        if phase not in names.PHASES:
+            raise ValueError(f"phase must be one of {names.PHASES}, got {phase!r}")
         if phase != self.phase:
             self.phase = phase
             if self.train_function is not None:
                 self.make_train_function(force=True)
 
     def set_mode(self, mode: str):
-        if mode not in architect.MODES:
-            raise ValueError(f"mode must be one of {architect.MODES}, got {mode!r}")
+        if mode not in names.SEARCH_MODES:
+            raise ValueError(f"mode must be one of {names.SEARCH_MODES}, got {mode!r}")
         if mode != self.mode:
             self.mode = mode
             if self.train_function is not None:
                 self.make_train_function(force=True)
+
+    def progress_keys(self):
+        """The logs the current phase updates (what the progress line shows)."""
+        return SEARCH_PROGRESS if self.phase == "search" else WARMUP_PROGRESS
 
     @property
     def metrics(self):
@@ -164,51 +138,71 @@ class LBTSearch(keras.Model):
     def call(self, images, training=False):
         """Teacher probabilities at image size (for predict/inspection)."""
         outputs = self.supernet(images, training=training)
-        return architect.teacher_probabilities(outputs, images.shape[1:3])
+        return lrn.teacher_probabilities(outputs, images.shape[1:3])
 
     # ---- the step ------------------------------------------------------------------------------
     def _learning_rate(self, optimizer):
         return tf.convert_to_tensor(optimizer.learning_rate)
 
-    def _arch_update(self, batches, skipped):
-        """The arch step; returns (skipped, the `StepGradients` to reuse or None)."""
+    def _arch_step(self, batches):
+        """The arch update; returns (finite, the `StepGradients` to reuse or None)."""
         teacher, student = self.teacher_learner, self.student_learner
         cfg = self.search_config
-        arch = teacher.arch_values()
-        grads, objective, parts, reuse = self.problem.arch_gradient(
-            self.mode, self.hypergrad, teacher.weight_values(), arch,
+        every = cfg.arch_signal_every
+        diagnose = (tf.equal(self.arch_steps.value % every, 0)
+                    if every > 0 and self.mode not in names.FIRST_ORDER_MODES else None)
+        result = self.problem.arch_gradient(
+            self.mode, self.hypergrad, teacher.weight_values(), teacher.arch_values(),
             student.weight_values() if student is not None else None,
             self._learning_rate(self.teacher_optimizer),
             self._learning_rate(self.student_optimizer),
-            tf.convert_to_tensor(self.latency_weight.value), batches,
-            return_step_gradients=True)
-        grads, objective = _replica_mean((grads, objective))
-        finite = tf.logical_and(_all_finite(grads), tf.math.is_finite(objective))
-        clipped, norm = tf.clip_by_global_norm(grads, cfg.arch_grad_clip)
-        apply_if_finite(finite, [(self.arch_optimizer, clipped, teacher.arch_variables)])
+            tf.convert_to_tensor(self.latency_weight.value), batches, diagnose)
+        finite, grads, objective, norm, terms = unrolled.update_architecture(
+            self.arch_optimizer, teacher.arch_variables, result, cfg.arch_grad_clip)
         self.trackers["arch_objective"].update_state(objective)
         self.trackers["arch_grad_norm"].update_state(norm)
-        for name, value in parts.items():
+        for name, value in result.parts.items():
             self.trackers[name].update_state(value)
+        arch = teacher.arch_values()
         if self.problem.latency_fn is not None:
-            self.trackers["expected_latency_ms"].update_state(
-                self.problem.latency_fn(teacher.arch_values()))
+            self.trackers["expected_latency_ms"].update_state(self.problem.latency_fn(arch))
+        self.trackers["arch_entropy"].update_state(arch_entropy(arch))
+        self._log_signals(grads, terms, finite, diagnose)
+        reuse = result.reuse
         if reuse is not None and not cfg.reuse_step_gradients:
             # Only what does not depend on A: the student's own data term.
-            reuse = architect.StepGradients(student_loss=reuse.student_loss,
-                                            student_grads=reuse.student_grads,
-                                            student_stats=reuse.student_stats)
-        return tf.logical_or(skipped, tf.logical_not(finite)), reuse
+            reuse = lrn.StepGradients(student_loss=reuse.student_loss,
+                                      student_grads=reuse.student_grads,
+                                      student_stats=reuse.student_stats)
+        return finite, reuse
 
-    def _weight_update(self, batches, skipped, reuse=None):
-        """The real weight steps; `reuse` (`architect.StepGradients`) supplies the pieces the
-        arch step already computed, None fields are computed here."""
+    def _log_signals(self, grads, terms, finite, diagnose):
+        """ARCH_SIGNALS of this step; the val split only on diagnostic steps."""
+        t = self.trackers
+        t["arch_grad_norm_latency"].update_state(lrn.global_norm(terms["latency"]))
+        if "teacher_val" in terms:
+            weight = 1.0 if diagnose is None else tf.cast(diagnose, grads[0].dtype)
+            for name in ("teacher_val", "student_val"):
+                t[f"arch_grad_norm_{name}"].update_state(lrn.global_norm(terms[name]),
+                                                         sample_weight=weight)
+        previous = [tf.convert_to_tensor(p.value) for p in self.previous_arch_grads]
+        norms = lrn.global_norm(grads) * lrn.global_norm(previous)
+        dot = tf.add_n([tf.reduce_sum(g * p) for g, p in zip(grads, previous)])
+        t["arch_grad_cosine"].update_state(tf.math.divide_no_nan(dot, norms),
+                                           sample_weight=tf.cast(norms > 0, grads[0].dtype))
+        for variable, grad, old in zip(self.previous_arch_grads, grads, previous):
+            variable.assign(tf.where(finite, grad, old))
+        self.arch_steps.assign_add(1)
+
+    def _weight_step(self, batches, reuse=None):
+        """The real weight steps; `reuse` (`learner.StepGradients`) supplies the pieces the arch
+        step already computed, None fields are computed here. Returns whether all was finite."""
         teacher, student = self.teacher_learner, self.student_learner
         problem, cfg = self.problem, self.search_config
-        reuse = reuse or architect.StepGradients()
+        reuse = reuse or lrn.StepGradients()
         t_loss, t_grads, t_stats = reuse.teacher_loss, reuse.teacher_grads, reuse.teacher_stats
         if t_grads is None:
-            t_loss, t_grads, t_stats = problem.teacher_train_gradient(
+            t_loss, t_grads, t_stats = problem.teacher_gradient(
                 teacher.weight_values(), teacher.arch_values(), batches.teacher_train,
                 "teacher weight step")
         losses_seen, grads_seen = [t_loss], list(t_grads)
@@ -216,30 +210,20 @@ class LBTSearch(keras.Model):
         stats = [t_stats]
         if student is not None:
             s_weights = student.weight_values()
-            unlabeled = batches.unlabeled
             s_loss, s_grads, s_stats = reuse.student_loss, reuse.student_grads, reuse.student_stats
             if s_grads is None:
-                s_loss, s_grads, s_stats = problem.student_train_gradient(
-                    s_weights, batches.student_train)
+                s_loss, s_grads, s_stats = problem.student_gradient(s_weights,
+                                                                    batches.student_train)
             probs, pl_loss, pl_grads = reuse.pseudo_probs, reuse.pseudo_loss, reuse.pseudo_grads
             if probs is None:  # P(T, A) on D_u; BN statistics discarded
                 probs = problem.teacher_probs(teacher.weight_values(), teacher.arch_values(),
-                                              unlabeled)
-            probs = tf.stop_gradient(probs)
-            if pl_grads is None or cfg.pseudo_labels != "soft":
-                with tf.GradientTape() as tape:
-                    tape.watch(s_weights)
-                    pl_out, _ = student.forward(s_weights, [], unlabeled)
-                    pl_logits = architect.student_logits(pl_out)
-                    if cfg.pseudo_labels == "soft":
-                        pl_loss = architect.losses.soft_ce(pl_logits, probs)
-                    else:
-                        hard = tf.argmax(probs, axis=-1, output_type=tf.int32)
-                        pl_loss = architect.losses.segmentation_ce(pl_logits, hard,
-                                                                   self.ignore_label)
-                pl_grads = tape.gradient(pl_loss, s_weights)
-            s_grads = architect.checked_gradients(
-                architect.add_scaled(s_grads, cfg.pseudo_label_weight, pl_grads),
+                                              batches.unlabeled)
+            hard = cfg.pseudo_labels == "hard"
+            if pl_grads is None or hard:
+                pl_loss, pl_grads = problem.pseudo_label_gradient(
+                    s_weights, batches.unlabeled, tf.stop_gradient(probs), hard)
+            s_grads = lrn.checked_gradients(
+                lrn.add_scaled(s_grads, cfg.pseudo_label_weight, pl_grads),
                 student.weight_names, "student weight step")
             losses_seen += [s_loss, pl_loss]
             grads_seen += list(s_grads)
@@ -248,9 +232,9 @@ class LBTSearch(keras.Model):
             self.trackers["student_loss"].update_state(s_loss)
             self.trackers["pseudo_loss"].update_state(pl_loss)
         self.trackers["teacher_loss"].update_state(t_loss)
-        updates_grads, stats = _replica_mean((updates_grads, stats))
-        finite = tf.logical_and(_all_finite(losses_seen),
-                                _all_finite(grads_seen + [s for group in stats for s in group]))
+        updates_grads, stats = replica_mean((updates_grads, stats))
+        finite = tf.logical_and(all_finite(losses_seen),
+                                all_finite(grads_seen + [s for group in stats for s in group]))
         updates = []
         learners = [(self.teacher_optimizer, teacher)]
         if student is not None:
@@ -261,16 +245,16 @@ class LBTSearch(keras.Model):
             if learner.non_trainable_variables:
                 updates.append((None, new_stats, learner.non_trainable_variables))
         apply_if_finite(finite, updates)
-        return tf.logical_or(skipped, tf.logical_not(finite))
+        return finite
 
     def train_step(self, data):
         self.trace_count += 1  # Python side effect: runs once per trace
-        batches = architect.Batches.from_dict(data)
-        skipped, reuse = tf.constant(False), None
+        batches = lrn.Batches.from_dict(data)
+        finite, reuse = tf.constant(True), None
         if self.phase == "search":
-            skipped, reuse = self._arch_update(batches, skipped)
-        skipped = self._weight_update(batches, skipped, reuse)
-        self._count_skip(skipped)
+            finite, reuse = self._arch_step(batches)
+        finite = tf.logical_and(finite, self._weight_step(batches, reuse))
+        self._count_skip(tf.logical_not(finite))
         logs = {m.name: m.result() for m in self.metrics if m is not self.teacher_miou
                 and m is not self.student_miou}
         logs["skipped_steps"] = tf.convert_to_tensor(self.skipped_steps.value)
@@ -293,21 +277,19 @@ class LBTSearch(keras.Model):
     def test_step(self, data):
         images, labels = data
         outputs = self.supernet(images, training=False)
-        probs = architect.teacher_probabilities(outputs, images.shape[1:3])
+        probs = lrn.teacher_probabilities(outputs, images.shape[1:3])
         self.teacher_miou.update_state(labels, probs)
         logs = {"teacher_miou": self.teacher_miou.result()}
         if self.student is not None:
-            logits = architect.student_logits(self.student(images, training=False))
+            logits = lrn.student_logits(self.student(images, training=False))
             self.student_miou.update_state(labels, logits)
             logs["student_miou"] = self.student_miou.result()
         return logs
 
 
-def _miou_metric(num_classes, ignore_label, name):
-    """The project's StreamingMeanIoU when present, else Keras' MeanIoU on probabilities."""
-    try:
-        from lbt_tf.metrics import StreamingMeanIoU
-        return StreamingMeanIoU(num_classes, ignore_label, name=name)
-    except ImportError:
-        return keras.metrics.MeanIoU(num_classes, name=name, ignore_class=ignore_label,
-                                     sparse_y_pred=False)
+def arch_entropy(arch):
+    """Mean entropy (nats) of the softmax of every row of the arch tensors: log(choices) at
+    uniform, 0 once every row is decided."""
+    rows = [tf.reshape(a, [-1, a.shape[-1]]) for a in arch if a.shape.rank]
+    entropies = [-tf.reduce_sum(tf.nn.softmax(r) * tf.nn.log_softmax(r), -1) for r in rows]
+    return tf.reduce_mean(tf.concat(entropies, 0))

@@ -1,9 +1,11 @@
 """`run_search(config)`: warm-up + architecture search (fasterseg | lpt | lbt) under `fit`.
 
 Outputs under `config.run_dir`: `tensorboard/` (losses of both learners, val mIoU of teacher and
-student, expected latency, skipped steps), `arch/arch_epoch_NNN.json` + `arch.json` (derived after
-every epoch), `arch_evolution.png`, `checkpoints/` (`tf.train.CheckpointManager`, one per epoch;
-`--resume` continues from the last one) and `search_state.json` (history, mode after a fallback).
+student, expected latency, skipped steps), `arch/arch_epoch_NNN.json` (derived after every
+epoch), `arch.json` (the found architecture, written when the run ends without diverging),
+`arch_evolution.png`, `checkpoints/` (`tf.train.CheckpointManager`, one per epoch) and
+`search_state.json` (history, mode after a fallback). A rerun of the same config continues from
+the last checkpoint; another config in the same --run_dir is refused (lbt_tf.run_record).
 """
 from __future__ import annotations
 
@@ -18,12 +20,16 @@ import keras
 import tensorflow as tf
 from absl import logging
 
+from lbt_tf import names
+from lbt_tf import run_record
 from lbt_tf.errors import DataError
+from lbt_tf.models.fasterseg import build_supernet, derive_architecture, save_architecture
 from lbt_tf.search import callbacks as search_callbacks
 from lbt_tf.search.lbt_model import LBTSearch
 
-TRAIN_SOURCES = ("teacher_train", "teacher_val", "student_train", "student_val", "unlabeled")
 STATE_FILE = "search_state.json"
+# What a search writes in its run_dir (removed by --overwrite).
+OUTPUTS = ("checkpoints", STATE_FILE, "arch", "arch.json", "arch_evolution.png", "tensorboard")
 
 
 @dataclasses.dataclass
@@ -55,12 +61,12 @@ def make_search_input(config, mode: str, seed: int):
 
     d = config.data
     splits = make_splits(d, config.seed)
-    names = TRAIN_SOURCES if mode != "fasterseg" else TRAIN_SOURCES[:2]
-    if "unlabeled" in names and len(splits.unlabeled) < d.batch_size:
+    sources = names.SEARCH_SOURCES if mode != "fasterseg" else names.TEACHER_SOURCES
+    if "unlabeled" in sources and len(splits.unlabeled) < d.batch_size:
         raise DataError(f"D_u has {len(splits.unlabeled)} images, fewer than --batch_size="
                         f"{d.batch_size}; raise --pseudo_label_ratio or add unlabeled images")
     datasets = {}
-    for offset, name in enumerate(names):
+    for offset, name in enumerate(sources):
         source = getattr(splits, name)
         if name == "unlabeled":
             datasets[name] = make_unlabeled_dataset(d, source, seed=seed + offset, repeat=True)
@@ -82,53 +88,81 @@ def _to_crop_size(images, labels, height, width):
     return tf.ensure_shape(images, (None, height, width, 3)), tf.cast(labels, tf.int32)
 
 
-def import_builders():
-    """(build_supernet, derive_architecture, save_architecture) of lbt_tf.models.fasterseg."""
-    try:
-        from lbt_tf.models.fasterseg import build_supernet, derive_architecture, save_architecture
-    except ImportError:
-        from lbt_tf.models.fasterseg.genotype import derive_architecture, save_architecture
-        from lbt_tf.models.fasterseg.supernet import build_supernet
-    return build_supernet, derive_architecture, save_architecture
-
-
 def build_search_model(config, mode: Optional[str] = None):
     """Supernet, student (None for fasterseg) and the compiled LBTSearch (inside the current
     strategy scope)."""
-    build_supernet = import_builders()[0]
-
     mode = mode or config.search.mode
     d = config.data
+    # The supernet stays float32 under --mixed_precision: its second-order path (A through the
+    # virtual teacher step) in bfloat16 points elsewhere (cosine 0.49 to float32 on the demo
+    # config; the student in bfloat16: 0.9998); see tests/search/test_mixed_precision.py.
     supernet = build_supernet(config)
     student = None
     if mode != "fasterseg":
         from lbt_tf.models.deeplab import build_student_from_config
-        student = build_student_from_config(config)  # crop-sized input, pretrained if set
-    latency_fn = None
-    if getattr(supernet, "latency_table", True) is None:
+        with dtype_policy(config.search.mixed_precision):  # layers keep the policy built with
+            student = build_student_from_config(config)  # crop-sized input, pretrained if set
+    if supernet.latency_table is None:
         from lbt_tf.models.fasterseg.latency import table_for_config
         table, path = table_for_config(config)  # this device's table, measured once and cached
         logging.info("latency table: %s", path)
         supernet.set_latency_table(table)
-    if hasattr(supernet, "expected_latency"):
-        latency_fn = lambda arch: supernet.expected_latency(arch)  # noqa: E731
     # FasterSeg's teacher (arch_0: full width only) searches without the latency term.
     latency_weight = config.search.latency_weight if config.teacher.search_widths else 0.0
     model = LBTSearch(supernet, student, config.search, ignore_label=d.ignore_label,
-                      num_classes=d.num_classes, latency_fn=latency_fn,
+                      num_classes=d.num_classes, latency_fn=supernet.expected_latency,
                       latency_weight=latency_weight, mode=mode)
-    model.compile()
+    model.compile(jit_compile=config.search.jit_compile)
     return model
 
 
+def divergence_guard(model, cfg):
+    """Stops the search when a loss explodes, most steps are non-finite or the architecture
+    softmax saturates in its first steps, naming the learning rate to lower."""
+    flags = {"teacher_loss": ("teacher_lr", cfg.teacher_lr)}
+    if model.student is not None:
+        flags.update(student_loss=("student_lr", cfg.student_lr),
+                     pseudo_loss=("student_lr", cfg.student_lr))
+    return search_callbacks.DivergenceGuard(
+        flags, skips_fn=lambda: int(model.skipped_steps.numpy()),
+        arch_values_fn=lambda: {v.name: v.numpy() for v in model.teacher_learner.arch_variables},
+        arch_active_fn=lambda: model.phase == names.PHASES[1],
+        arch_flag=("arch_lr", cfg.arch_lr))
+
+
+def model_variables(model):
+    """Every variable of a Keras model as a list: weights, architecture, BatchNorm statistics
+    and `keras.random.SeedGenerator` states (Gumbel width sampling, dropout). Named in the
+    checkpoint explicitly: a tf.train.Checkpoint of these Keras 3 models saves only what the
+    optimizers reference (the trainable weights), not the statistics or RNG states."""
+    return [v.value for v in model.variables]
+
+
+@contextlib.contextmanager
+def dtype_policy(name):
+    """Keras' global dtype policy set to `name` (mixed_bfloat16: bfloat16 compute, float32
+    variables) while models are built, restored afterwards; "float32" keeps the current one."""
+    if name == "float32":
+        yield
+        return
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
 def _checkpoint(model, epoch_variable):
-    items = dict(supernet=model.supernet, teacher_optimizer=model.teacher_optimizer,
+    items = dict(supernet=model_variables(model.supernet),
+                 teacher_optimizer=model.teacher_optimizer,
                  arch_optimizer=model.arch_optimizer, epoch=epoch_variable,
                  latency_weight=model.latency_weight.value,
                  skipped_steps=model.skipped_steps.value,
                  consecutive_skips=model.consecutive_skips.value)
     if model.student is not None:
-        items.update(student=model.student, student_optimizer=model.student_optimizer)
+        items.update(student=model_variables(model.student),
+                     student_optimizer=model.student_optimizer)
     return tf.train.Checkpoint(**items)
 
 
@@ -145,7 +179,7 @@ def _to_python(logs):
 
 
 @contextlib.contextmanager
-def _fast_graph_compilation():
+def fast_graph_compilation():
     """Grappler's meta-optimizer spends ~4x the step time of a whole CPU demo on the large
     second-order graph of the unrolled step (measured: first call 21 s -> 5 s, step time not
     worse); it is switched off for the search only and restored afterwards."""
@@ -160,21 +194,24 @@ def _fast_graph_compilation():
 
 def run_search(config) -> SearchResult:
     """Warm-up (A frozen) then search, resumable; prints the architecture and the mIoUs."""
-    with _fast_graph_compilation():
+    with fast_graph_compilation():
         return _run_search(config)
 
 
 def _run_search(config) -> SearchResult:
-    _, derive_architecture, save_architecture = import_builders()
     cfg = config.search
     run_dir = config.run_dir
-    os.makedirs(run_dir, exist_ok=True)
-    keras.utils.set_random_seed(config.seed)
-    strategy = make_strategy(cfg)
-    state = _load_state(run_dir) if config.resume else {}
+    plan = run_record.check(config, "search", run_dir, OUTPUTS)  # refuses before any work
+    state = _load_state(run_dir) if plan.resume else {}
     mode = state.get("mode", cfg.mode)
     # The data (every file listed and checked) before any model is built or table measured.
     train, val, steps = make_search_input(config, mode, seed=config.seed)
+    os.makedirs(run_dir, exist_ok=True)
+    resume = plan.apply()
+    if config.data.deterministic:  # with the seeded data: the same run, resumed or not
+        tf.config.experimental.enable_op_determinism()
+    keras.utils.set_random_seed(config.seed)
+    strategy = make_strategy(cfg)
     with strategy.scope():
         model = build_search_model(config, mode)
         epoch_variable = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
@@ -182,7 +219,7 @@ def _run_search(config) -> SearchResult:
     checkpoint_dir = os.path.join(run_dir, "checkpoints")
     manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=2)
     initial_epoch = 0
-    if config.resume and manager.latest_checkpoint:
+    if resume and manager.latest_checkpoint:
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         initial_epoch = int(epoch_variable.numpy())
         print(f"search: resumed from {manager.latest_checkpoint} at epoch {initial_epoch} "
@@ -191,10 +228,10 @@ def _run_search(config) -> SearchResult:
     arch_history = [h for h in state.get("arch_history", []) if h["epoch"] <= initial_epoch]
     total_epochs = cfg.warmup_epochs + cfg.epochs
 
-    # Different (deterministic) batches after a resume instead of replaying epoch 0's.
-    if initial_epoch:
-        train, val, steps = make_search_input(config, mode,
-                                              seed=config.seed + 1000 * initial_epoch)
+    # The data where the checkpointed run left it: the pipeline is a function of the seed and
+    # the element index (seeded shuffles, stateless augmentation), so skipping the batches of
+    # the finished epochs puts it where the uninterrupted run's iterator is.
+    train = train.skip(initial_epoch * steps)
     latency_fn = model.problem.latency_fn
     arch_log = search_callbacks.ArchitectureLog(
         run_dir, lambda: derive_architecture(model.supernet, config.teacher), save_architecture,
@@ -205,15 +242,17 @@ def _run_search(config) -> SearchResult:
         entry = dict(_to_python(logs), epoch=epoch, mode=model.mode,
                      skipped_steps=int(model.skipped_steps.numpy()))
         history.append(entry)
-        with open(os.path.join(run_dir, STATE_FILE), "w") as f:
-            json.dump({"mode": model.mode, "history": history, "arch_history": arch_log.history},
-                      f, indent=1)
+        search_callbacks.write_json_atomically(
+            os.path.join(run_dir, STATE_FILE),
+            {"mode": model.mode, "history": history, "arch_history": arch_log.history})
 
     callbacks = [
+        divergence_guard(model, cfg),  # first: a diverged epoch saves nothing
         search_callbacks.EpochSchedule(cfg, latency_fn),
         fallback,
         arch_log,
         search_callbacks.CheckpointEveryEpoch(manager, epoch_variable, save_state),
+        search_callbacks.PhaseProgbar(),
     ]
     if importlib.util.find_spec("tensorboard") is not None:
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"),
@@ -222,10 +261,16 @@ def _run_search(config) -> SearchResult:
         logging.warning("the tensorboard package is not installed: no TensorBoard scalars "
                         "(every scalar is also in %s)", os.path.join(run_dir, STATE_FILE))
     if initial_epoch < total_epochs:
-        model.fit(train, epochs=total_epochs, initial_epoch=initial_epoch,
-                  steps_per_epoch=steps, validation_data=val, callbacks=callbacks,
-                  shuffle=False,  # the tf.data pipeline shuffles (seeded)
-                  verbose=2 if cfg.log_every <= 0 else "auto")
+        try:
+            model.fit(train, epochs=total_epochs, initial_epoch=initial_epoch,
+                      steps_per_epoch=steps, validation_data=val, callbacks=callbacks,
+                      shuffle=False,  # the tf.data pipeline shuffles (seeded)
+                      verbose=2 if cfg.log_every <= 0 else "auto")
+        except search_callbacks.DivergenceError as err:
+            kept = manager.latest_checkpoint or "none (no epoch finished)"
+            raise search_callbacks.DivergenceError(
+                f"{err}. Last good checkpoint: {kept}; no architecture was written "
+                f"({os.path.join(run_dir, 'arch.json')})") from None
     if not history:
         raise DataError("the search ran no epoch: set --warmup_epochs/--search_epochs")
 

@@ -1,6 +1,7 @@
-"""Tiny stand-ins with the contract of the real supernet / student (used where a test must not
-depend on model code, e.g. injecting a non-finite loss). The correctness tests use the real
-models when they can be imported."""
+"""Tiny stand-ins for the supernet and the student, for tests that need a model this small (a
+full search under `fit` in seconds, injecting a non-finite loss). `TinySupernet` implements
+`learner.SearchableSupernet` as the real FasterSegSupernet does; the gradient tests run on both.
+"""
 from __future__ import annotations
 
 import keras
@@ -24,6 +25,11 @@ class TinySupernet(keras.Model):
         self.alpha = self.add_weight(shape=(2,), initializer="random_normal", name="alpha")
         self.beta = self.add_weight(shape=(2,), initializer="random_normal", name="beta")
         self.sample_widths = False
+        # ms per candidate: alpha's two ops, beta's two heads
+        self.latency_table = {"alpha": (2.0, 1.0), "beta": (1.0, 3.0)}
+
+    def set_latency_table(self, table):
+        self.latency_table = table
 
     @property
     def arch_variables(self):
@@ -44,8 +50,9 @@ class TinySupernet(keras.Model):
 
     def expected_latency(self, arch_values=None):
         alpha, beta = arch_values if arch_values is not None else self.arch_variables
-        return (tf.reduce_sum(tf.nn.softmax(alpha) * tf.constant([2.0, 1.0], alpha.dtype))
-                + tf.reduce_sum(tf.nn.softmax(beta) * tf.constant([1.0, 3.0], beta.dtype)))
+        table = self.latency_table
+        return (tf.reduce_sum(tf.nn.softmax(alpha) * tf.constant(table["alpha"], alpha.dtype))
+                + tf.reduce_sum(tf.nn.softmax(beta) * tf.constant(table["beta"], beta.dtype)))
 
 
 class TinyStudent(keras.Model):

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lbt_tf.search import architect
+from lbt_tf import names
+from lbt_tf.search import learner, unrolled
 from tests.search import models_under_test
 
 # The search's default learning rate is 0.01; larger steps put T' where the tiny real supernet
@@ -50,7 +51,7 @@ def _batches(num_classes, height=models_under_test.HEIGHT, width=models_under_te
         labels[:, :2, :] = 255  # some ignored pixels
         return images, tf.constant(labels)
 
-    return architect.Batches(teacher_train=labeled(), teacher_val=labeled(),
+    return learner.Batches(teacher_train=labeled(), teacher_val=labeled(),
                              student_train=labeled(), student_val=labeled(),
                              unlabeled=tf.constant(rng.normal(size=(batch, height, width, 3)),
                                                    tf.float64))
@@ -59,9 +60,9 @@ def _batches(num_classes, height=models_under_test.HEIGHT, width=models_under_te
 def _problem(student_val_weight=1.0, latency=True, which="real"):
     supernet, student, num_classes = models_under_test.build(which)
     assert all(v.dtype == "float64" for v in supernet.trainable_variables + student.weights)
-    teacher = architect.Learner(supernet, supernet.arch_variables)
-    problem = architect.SearchProblem(
-        teacher=teacher, student=architect.Learner(student), ignore_label=255,
+    teacher = learner.Learner(supernet, supernet.arch_variables)
+    problem = unrolled.SearchProblem(
+        teacher=teacher, student=learner.Learner(student), ignore_label=255,
         # The real supernet needs a measured latency table (minutes); its latency model is
         # tested by its own tests, the latency term here by the stand-in.
         latency_fn=supernet.expected_latency if latency and which == "stand_in" else None,
@@ -86,16 +87,16 @@ def _dot(grads, direction):
     return float(tf.add_n([tf.reduce_sum(g * d) for g, d in zip(grads, direction)]))
 
 
-@pytest.mark.parametrize("which", models_under_test.AVAILABLE)
+@pytest.mark.parametrize("which", models_under_test.MODELS)
 @pytest.mark.parametrize("hypergrad,tolerance", [("exact", 1e-5), ("finite_difference", 1e-2)])
 def test_lbt_gradient_matches_finite_difference_of_unrolled_objective(smooth, which, hypergrad,
                                                                       tolerance):
     problem, num_classes = _problem(which=which)
     batches = _batches(num_classes)
     arch = problem.teacher.arch_values()
-    grads, _, _ = problem.arch_gradient(
+    grads = problem.arch_gradient(
         "lbt", hypergrad, problem.teacher.weight_values(), arch,
-        problem.student.weight_values(), XI_T, XI_S, LATENCY_WEIGHT, batches)
+        problem.student.weight_values(), XI_T, XI_S, LATENCY_WEIGHT, batches).grads
     rng = np.random.default_rng(1)
     for trial in range(2):
         direction = [tf.constant(rng.normal(size=a.shape), tf.float64) for a in arch]
@@ -108,7 +109,7 @@ def test_lbt_gradient_matches_finite_difference_of_unrolled_objective(smooth, wh
         assert relative_error <= tolerance, (trial, got, expected)
 
 
-@pytest.mark.parametrize("which", models_under_test.AVAILABLE)
+@pytest.mark.parametrize("which", models_under_test.MODELS)
 def test_student_term_matches_finite_difference(smooth, which):
     """The student's part of the gradient alone, w_sv d L(S'(A); D_s^val) / dA (exact gradient
     with minus without the student term), against central differences of that part: guards the
@@ -119,9 +120,9 @@ def test_student_term_matches_finite_difference(smooth, which):
     teacher_w, student_w = problem.teacher.weight_values(), problem.student.weight_values()
     arch = problem.teacher.arch_values()
     args = (teacher_w, arch, student_w, XI_T, XI_S, LATENCY_WEIGHT, batches)
-    with_student, _, _ = problem.exact_hypergradient(*args)
+    with_student = problem.exact_hypergradient(*args).grads
     problem.student_val_weight = 0.0
-    without, _, _ = problem.exact_hypergradient(*args)
+    without = problem.exact_hypergradient(*args).grads
     problem.student_val_weight = 1.0
     student_grads = [a - b for a, b in zip(with_student, without)]
     direction = [tf.constant(np.random.default_rng(2).normal(size=a.shape), tf.float64)
@@ -143,14 +144,14 @@ def test_student_term_matches_finite_difference(smooth, which):
     assert relative_error <= 1e-4, (got, expected)
 
 
-@pytest.mark.parametrize("which", models_under_test.AVAILABLE)
+@pytest.mark.parametrize("which", models_under_test.MODELS)
 def test_lbt_without_student_and_latency_equals_darts_second_order(float64, which):
     problem, num_classes = _problem(student_val_weight=0.0, latency=False, which=which)
     batches = _batches(num_classes)
     weights = problem.teacher.weight_values()
     arch = problem.teacher.arch_values()
-    grads, _, _ = problem.exact_hypergradient(weights, arch, problem.student.weight_values(),
-                                              XI_T, XI_S, 0.0, batches)
+    grads = problem.exact_hypergradient(weights, arch, problem.student.weight_values(),
+                                        XI_T, XI_S, 0.0, batches).grads
     # DARTS (Liu et al. 2019, eq. 7) written independently:
     # grad_A L_val(w', A) - xi * d/dA [ grad_w L_train(w, A) . grad_w' L_val(w', A) ]
     with tf.GradientTape() as tape:
@@ -177,5 +178,32 @@ def test_lbt_without_student_and_latency_equals_darts_second_order(float64, whic
 
 def test_none_gradient_raises_naming_the_variable():
     names = ["supernet/alpha", "supernet/beta"]
-    with pytest.raises(architect.HypergradientError, match="supernet/beta"):
-        architect.checked_gradients([tf.zeros(2), None], names, "test")
+    with pytest.raises(learner.HypergradientError, match="supernet/beta"):
+        learner.checked_gradients([tf.zeros(2), None], names, "test")
+
+
+@pytest.mark.parametrize("hypergrad", names.HYPERGRADS)
+def test_gradient_terms_split_the_hypergradient(float64, hypergrad):
+    """On a diagnostic step the teacher-val term is the hypergradient without student and
+    latency, and teacher val + student val + latency terms sum to grad_A F."""
+    problem, num_classes = _problem(which="stand_in")
+    batches = _batches(num_classes)
+    weights = (problem.teacher.weight_values(), problem.teacher.arch_values(),
+               problem.student.weight_values(), XI_T, XI_S)
+    split = problem.arch_gradient("lbt", hypergrad, *weights[:3], XI_T, XI_S, LATENCY_WEIGHT,
+                                  batches, diagnose=tf.constant(True))
+    quiet = problem.arch_gradient("lbt", hypergrad, *weights[:3], XI_T, XI_S, LATENCY_WEIGHT,
+                                  batches, diagnose=tf.constant(False))
+    problem.student_val_weight = 0.0
+    teacher_alone = problem.arch_gradient("lbt", hypergrad, *weights, 0.0, batches).grads
+    problem.student_val_weight = 1.0
+    terms = [split.terms[name] for name in ("teacher_val", "student_val", "latency")]
+    for got, alone in zip(split.terms["teacher_val"], teacher_alone):
+        np.testing.assert_allclose(got.numpy(), alone.numpy(), rtol=1e-8, atol=1e-14)
+    for total, teacher, student, latency, same in zip(split.grads, *terms, quiet.grads):
+        np.testing.assert_allclose(total.numpy(), (teacher + student + latency).numpy(),
+                                   rtol=1e-10, atol=1e-14)
+        np.testing.assert_array_equal(total.numpy(), same.numpy())
+        assert float(tf.reduce_max(tf.abs(student))) > 0 and float(tf.reduce_max(
+            tf.abs(latency))) > 0
+    assert all(float(tf.reduce_max(tf.abs(t))) == 0 for t in quiet.terms["teacher_val"])

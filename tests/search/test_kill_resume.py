@@ -1,5 +1,7 @@
-"""A real `kill -9` during `python -m lbt_tf.main --mode=search` (real tiny supernet), then
-`--resume`: the search continues from the last checkpointed epoch, finishes, loses <= 1 epoch."""
+"""A real `kill -9` during `python -m lbt_tf.main --mode=search` (real tiny supernet, op
+determinism on), then the same command again: it resumes by itself (no --resume) and ends with
+the architecture JSON and val mIoUs of an uninterrupted run, bit for bit; the same command with
+another learning rate is refused, naming the run dir and the flag, and changes no file."""
 from __future__ import annotations
 
 import json
@@ -17,7 +19,7 @@ from lbt_tf import config as config_lib
 from lbt_tf.models.fasterseg import latency as latency_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TOTAL_EPOCHS = 6  # 1 warm-up + 5 search: the run is still going when epoch 1 is checkpointed
+TOTAL_EPOCHS = 3  # 1 warm-up + 2 search epochs: killed in epoch 2, after ckpt-1
 SIZES = {"teacher.layers": 4, "teacher.base_width": 2, "data.image_height": 32,
          "data.image_width": 64, "data.crop_height": 32, "data.crop_width": 64,
          "data.num_classes": 19}  # the synthetic scenes have Cityscapes' 19 classes
@@ -32,51 +34,80 @@ def _write_latency_table(path):
     latency_lib.LatencyTable(entries, meta).save(path)
 
 
-def _command(run_dir, table, resume=False):
+def _command(run_dir, table, *extra):
     return [sys.executable, "-m", "lbt_tf.main", "--mode=search", f"--run_dir={run_dir}",
             f"--latency_table={table}", "--num_classes=19", "--image_height=32",
             "--image_width=64", "--crop_height=32", "--crop_width=64", "--batch_size=2",
             "--synthetic_train_size=8", "--synthetic_val_size=2", "--synthetic_test_size=4",
             "--layers=4", "--base_width=2", "--search_mode=fasterseg", "--warmup_epochs=1",
-            f"--search_epochs={TOTAL_EPOCHS - 1}", "--search_steps_per_epoch=2",
-            "--log_every=0"] + (["--resume"] if resume else [])
+            f"--search_epochs={TOTAL_EPOCHS - 1}", "--search_steps_per_epoch=3",
+            "--log_every=0", "--deterministic", *extra]
 
 
-def test_kill_9_then_resume_continues_from_the_last_checkpoint(tmp_path):
-    run_dir, table = tmp_path / "run", str(tmp_path / "latency.json")
+def _files(directory):
+    found = {}
+    for root, _, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(root, name)
+            found[os.path.relpath(path, directory)] = open(path, "rb").read()
+    return found
+
+
+def _history(run_dir):
+    with open(os.path.join(run_dir, "search_state.json")) as f:
+        return json.load(f)["history"]
+
+
+def test_kill_9_then_the_same_command_resumes_exactly(tmp_path):
+    run_dir, reference_dir = tmp_path / "run", tmp_path / "reference"
+    table = str(tmp_path / "latency.json")
     _write_latency_table(table)
-    checkpoint_dir = run_dir / "checkpoints"
-    log = open(tmp_path / "killed.log", "w")
-    process = subprocess.Popen(_command(run_dir, table), cwd=REPO, stdout=log,
+    logs = [open(tmp_path / name, "w") for name in ("reference.log", "killed.log")]
+    # The uninterrupted run, alongside the one that is killed.
+    reference = subprocess.Popen(_command(reference_dir, table), cwd=REPO, stdout=logs[0],
+                                 stderr=subprocess.STDOUT)
+    process = subprocess.Popen(_command(run_dir, table), cwd=REPO, stdout=logs[1],
                                stderr=subprocess.STDOUT)
+    checkpoint_dir = str(run_dir / "checkpoints")
     try:
-        deadline = time.time() + 240
-        while tf.train.latest_checkpoint(str(checkpoint_dir)) is None:
+        deadline = time.time() + 400
+        while tf.train.latest_checkpoint(checkpoint_dir) is None:
             assert process.poll() is None, open(tmp_path / "killed.log").read()[-3000:]
-            assert time.time() < deadline, "no epoch checkpoint within 240 s"
+            assert time.time() < deadline, "no epoch checkpoint within 400 s"
             time.sleep(0.05)
+        time.sleep(2.0)  # into epoch 2
         os.kill(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
     finally:
         if process.poll() is None:
             os.kill(process.pid, signal.SIGKILL)
-        log.close()
     assert process.returncode == -signal.SIGKILL  # killed, not finished
-    saved_epoch = int(tf.train.latest_checkpoint(str(checkpoint_dir)).rsplit("-", 1)[1])
-    with open(run_dir / "search_state.json") as f:
-        reached = max(h["epoch"] for h in json.load(f)["history"])
-    assert 1 <= saved_epoch < TOTAL_EPOCHS
-    assert reached - saved_epoch <= 1  # at most the epoch in progress is lost
+    assert tf.train.latest_checkpoint(checkpoint_dir).endswith("ckpt-1")
 
-    resumed = subprocess.run(_command(run_dir, table, resume=True), cwd=REPO, timeout=300,
+    resumed = subprocess.run(_command(run_dir, table), cwd=REPO, timeout=500,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert resumed.returncode == 0, resumed.stdout[-3000:]
+    assert f"search: {run_dir} holds a run of the same config; resuming it" in resumed.stdout
     match = re.search(r"search: resumed from \S+ at epoch (\d+)", resumed.stdout)
-    assert match and int(match.group(1)) == saved_epoch, resumed.stdout[-3000:]
-    assert f"Epoch {saved_epoch + 1}/{TOTAL_EPOCHS}" in resumed.stdout
+    assert match and int(match.group(1)) == 1, resumed.stdout[-3000:]
     assert "Epoch 1/" not in resumed.stdout  # not restarted from 0
-    assert tf.train.latest_checkpoint(str(checkpoint_dir)).endswith(f"-{TOTAL_EPOCHS}")
-    with open(run_dir / "search_state.json") as f:
-        history = json.load(f)["history"]
+    assert reference.wait(timeout=500) == 0, open(tmp_path / "reference.log").read()[-3000:]
+    for log in logs:
+        log.close()
+
+    # The same run: architecture (with its arch parameters) and every epoch's numbers.
+    assert open(run_dir / "arch.json").read() == open(reference_dir / "arch.json").read()
+    history, expected = _history(run_dir), _history(reference_dir)
     assert [h["epoch"] for h in history] == list(range(1, TOTAL_EPOCHS + 1))
-    assert (run_dir / "arch.json").exists()
+    for key in ("val_teacher_miou", "teacher_loss", "arch_objective", "expected_latency_ms"):
+        assert [h[key] for h in history] == [h[key] for h in expected], key
+
+    # Another learning rate in the same run dir: refused, nothing touched.
+    before = _files(run_dir)
+    refused = subprocess.run(_command(run_dir, table, "--teacher_lr=0.02"), cwd=REPO,
+                             timeout=300, capture_output=True, text=True)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    last = refused.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: --run_dir: {run_dir} holds a search run of another config")
+    assert "--teacher_lr: 0.01 (recorded) vs 0.02 (now)" in last and "--overwrite" in last
+    assert _files(run_dir) == before

@@ -1,60 +1,29 @@
 """LBTSearch under fit: phases, modes, the skip rule for non-finite steps, the fallback."""
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from lbt_tf.config import SearchConfig
 from lbt_tf.search import callbacks as search_callbacks
-from lbt_tf.search.lbt_model import LBTSearch
-from tests.search.stand_ins import build_tiny
-
-H, W, C = 32, 64, 3
-
-
-def _dataset(steps, batch=2, poison_from=None):
-    rng = np.random.default_rng(0)
-
-    def labeled():
-        return (rng.normal(size=(steps * batch, H, W, 3)).astype(np.float32),
-                rng.integers(0, C, size=(steps * batch, H, W)).astype(np.int32))
-
-    data = {"teacher_train": labeled(), "teacher_val": labeled(), "student_train": labeled(),
-            "student_val": labeled(),
-            "unlabeled": rng.normal(size=(steps * batch, H, W, 3)).astype(np.float32)}
-    if poison_from is not None:
-        data["teacher_train"][0][poison_from * batch:] = np.nan
-        data["teacher_val"][0][poison_from * batch:] = np.inf
-    return tf.data.Dataset.from_tensor_slices(data).batch(batch, drop_remainder=True)
-
-
-def _model(mode="lbt", hypergrad="exact", **overrides):
-    supernet, student = build_tiny(C, H, W)
-    cfg = dataclasses.replace(SearchConfig(), mode=mode, hypergrad=hypergrad, **overrides)
-    model = LBTSearch(supernet, student if mode != "fasterseg" else None, cfg, ignore_label=255,
-                      num_classes=C, latency_fn=supernet.expected_latency, latency_weight=0.01)
-    model.compile()
-    return model
-
-
-def _values(variables):
-    return [v.numpy().copy() for v in variables]
+from lbt_tf.search.lbt_model import ARCH_SIGNALS, LBTSearch
+from lbt_tf.search.learner import SearchableSupernet
+from tests.search.models_under_test import (MODELS, build, search_dataset,
+                                            stand_in_search_model, values)
 
 
 @pytest.mark.parametrize("mode,hypergrad", [("fasterseg", "exact"), ("lpt", "exact"),
                                             ("lbt", "exact"), ("lbt", "finite_difference")])
 def test_search_epoch_updates_arch_and_weights(mode, hypergrad):
-    model = _model(mode, hypergrad, warmup_epochs=1)
-    arch_before = _values(model.teacher_learner.arch_variables)
+    model = stand_in_search_model(mode, hypergrad, warmup_epochs=1)
+    arch_before = values(model.teacher_learner.arch_variables)
     schedule = search_callbacks.EpochSchedule(model.search_config)
-    model.fit(_dataset(3), epochs=1, callbacks=[schedule], verbose=0)   # warm-up: A frozen
+    model.fit(search_dataset(3), epochs=1, callbacks=[schedule], verbose=0, shuffle=False)  # warm-up: A frozen
     for before, var in zip(arch_before, model.teacher_learner.arch_variables):
         np.testing.assert_array_equal(before, var.numpy())
-    weights_before = _values(model.teacher_learner.weight_variables)
-    history = model.fit(_dataset(3), epochs=2, initial_epoch=1, callbacks=[schedule], verbose=0)
+    weights_before = values(model.teacher_learner.weight_variables)
+    history = model.fit(search_dataset(3), epochs=2, initial_epoch=1, callbacks=[schedule],
+                        verbose=0, shuffle=False)
     assert any(np.abs(b - v.numpy()).max() > 0
                for b, v in zip(arch_before, model.teacher_learner.arch_variables))
     assert any(np.abs(b - v.numpy()).max() > 0
@@ -69,20 +38,20 @@ def test_search_epoch_updates_arch_and_weights(mode, hypergrad):
 
 
 def test_non_finite_step_is_skipped_and_lbt_falls_back_to_lpt():
-    model = _model("lbt", "exact", warmup_epochs=0, max_skipped_steps=2)
+    model = stand_in_search_model("lbt", "exact", warmup_epochs=0, max_skipped_steps=2)
     # warm the step on clean data, then poison every teacher_train batch from step 1 on
     schedule = search_callbacks.EpochSchedule(model.search_config)
-    model.fit(_dataset(1), epochs=1, callbacks=[schedule], verbose=0)
+    model.fit(search_dataset(1), epochs=1, callbacks=[schedule], verbose=0, shuffle=False)
     all_vars = (model.teacher_learner.arch_variables + model.teacher_learner.weight_variables
                 + model.teacher_learner.non_trainable_variables
                 + model.student_learner.weight_variables
                 + model.student_learner.non_trainable_variables)
-    before = _values(all_vars)
+    before = values(all_vars)
     messages = []
     fallback = search_callbacks.NonFiniteFallback(2, log_fn=messages.append)
-    model.fit(_dataset(3, poison_from=0), epochs=2, initial_epoch=1,
-              callbacks=[schedule, fallback], verbose=0)
-    after = _values(all_vars)
+    model.fit(search_dataset(3, poison_from=0), epochs=2, initial_epoch=1,
+              callbacks=[schedule, fallback], verbose=0, shuffle=False)
+    after = values(all_vars)
     for b, a in zip(before, after):
         assert np.all(np.isfinite(a)), "a NaN reached a variable"
         np.testing.assert_array_equal(b, a)   # nothing applied
@@ -92,10 +61,37 @@ def test_non_finite_step_is_skipped_and_lbt_falls_back_to_lpt():
 
 
 def test_consecutive_counter_resets_after_a_finite_step():
-    model = _model("lpt", warmup_epochs=0)
-    model.fit(_dataset(2, poison_from=1), epochs=1, verbose=0)
+    model = stand_in_search_model("lpt", warmup_epochs=0)
+    model.fit(search_dataset(2, poison_from=1), epochs=1, verbose=0, shuffle=False)
     assert int(model.skipped_steps.numpy()) == 1
     assert int(model.consecutive_skips.numpy()) == 1
-    model.fit(_dataset(1), epochs=1, verbose=0)
+    model.fit(search_dataset(1), epochs=1, verbose=0, shuffle=False)
     assert int(model.consecutive_skips.numpy()) == 0
     assert int(model.skipped_steps.numpy()) == 1
+
+
+@pytest.mark.parametrize("hypergrad", ["exact", "finite_difference"])
+def test_progress_line_shows_the_phase_and_history_gets_the_arch_signals(capsys, hypergrad):
+    model = stand_in_search_model("lbt", hypergrad, warmup_epochs=1)
+    schedule = search_callbacks.EpochSchedule(model.search_config)
+    history = model.fit(search_dataset(2), epochs=2, verbose=1, shuffle=False,
+                        callbacks=[schedule, search_callbacks.PhaseProgbar()]).history
+    warmup, search = capsys.readouterr().out.split("Epoch 2/2")
+    assert "teacher_loss" in warmup and "student_loss" in warmup and "arch_" not in warmup
+    for key in ("arch_objective", "expected_latency_ms", "arch_entropy"):
+        assert key in search, search
+    assert "arch_grad_norm" not in search and "skipped_steps" not in search
+    for key in ARCH_SIGNALS + ("arch_grad_norm", "skipped_steps", "arch_entropy"):
+        assert key in history and np.all(np.isfinite(history[key])), key
+    norms = {key: history[key][-1] for key in ARCH_SIGNALS[:3]}
+    assert all(value > 0 for value in norms.values()), norms
+    assert -1.0 <= history["arch_grad_cosine"][-1] <= 1.0
+    assert history["arch_grad_cosine"][-1] != 0.0   # the second step had a previous gradient
+
+
+@pytest.mark.parametrize("which", MODELS)
+def test_supernets_implement_the_search_interface(which):
+    supernet, _, _ = build(which)
+    assert isinstance(supernet, SearchableSupernet)
+    with pytest.raises(TypeError, match="SearchableSupernet"):
+        LBTSearch(supernet.layers[0], None, SearchConfig(), ignore_label=255, num_classes=3)

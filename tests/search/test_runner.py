@@ -28,28 +28,29 @@ def tiny_search_config(run_dir, mode="lbt", **changes):
     return config_lib.replace(base, **values)
 
 
-def _stand_in_builders():
-    def build_supernet(config):
-        d = config.data
-        model = TinySupernet(d.num_classes)
-        model(tf.zeros((1, d.crop_height, d.crop_width, 3)))
-        return model
+def build_stand_in_supernet(config):
+    d = config.data
+    model = TinySupernet(d.num_classes)
+    model(tf.zeros((1, d.crop_height, d.crop_width, 3)))
+    return model
 
-    def derive(supernet, teacher_config):
-        return {v.path: int(np.argmax(v.numpy())) for v in supernet.arch_variables}
 
-    def save(arch, path):
-        with open(path, "w") as f:
-            json.dump(arch, f)
+def derive_stand_in(supernet, teacher_config):
+    return {v.path: int(np.argmax(v.numpy())) for v in supernet.arch_variables}
 
-    return build_supernet, derive, save
+
+def save_stand_in(arch, path):
+    with open(path, "w") as f:
+        json.dump(arch, f)
 
 
 @pytest.fixture
 def builders(monkeypatch):
     """The stand-in supernet (tracing the real one's second-order step takes minutes on 2 CPU
     cores; its gradients are checked in test_hypergradient, the demo runs it end to end)."""
-    monkeypatch.setattr(runner, "import_builders", _stand_in_builders)
+    monkeypatch.setattr(runner, "build_supernet", build_stand_in_supernet)
+    monkeypatch.setattr(runner, "derive_architecture", derive_stand_in)
+    monkeypatch.setattr(runner, "save_architecture", save_stand_in)
     # the stand-in's architecture is {variable: argmax}, not a FasterSeg one to tabulate
     from lbt_tf.models.fasterseg import describe
     monkeypatch.setattr(describe, "describe_lines",
@@ -71,9 +72,12 @@ def test_run_search_writes_every_output(tmp_path, builders):
         assert [step for step, _ in scalars[tag]] == [0, 1, 2], tag  # one per epoch
         assert all(np.isfinite(value) for _, value in scalars[tag]), tag
     assert all(value == 0 for _, value in scalars["train/epoch_skipped_steps"])
+    changed = scalars["train/epoch_arch_argmax_changed_alpha"]   # vs the previous epoch
+    assert len(changed) == 3 and all(0.0 <= value <= 1.0 for _, value in changed)
     state = json.load(open(tmp_path / runner.STATE_FILE))
     for key in ("teacher_loss", "student_loss", "val_teacher_miou", "val_student_miou",
-                "expected_latency_ms", "skipped_steps", "arch_grad_norm"):
+                "expected_latency_ms", "skipped_steps", "arch_grad_norm",
+                "arch_argmax_changed_alpha", "arch_argmax_changed_beta"):
         assert key in state["history"][-1], key
     assert tf.train.latest_checkpoint(result.checkpoint_dir).endswith("-3")
     assert [h["epoch"] for h in result.history] == [1, 2, 3]

@@ -26,6 +26,7 @@ import os
 import numpy as np
 
 from lbt_tf.errors import ArchitectureError
+from lbt_tf.models.fasterseg import arch_validation
 from lbt_tf.models.fasterseg.space import OP_NAMES, OUTPUT_STRIDES, searched_widths
 
 FORMAT = "lbt_tf/fasterseg-arch-v1"
@@ -252,39 +253,8 @@ def import_fasterseg(path, base_width=12, stem_head_width=None, ignore_skip=None
 
 
 def validate_architecture(arch, path="<architecture>"):
-    """Checks the JSON form; raises ArchitectureError naming `path`."""
-    def fail(why):
-        raise ArchitectureError(f"{path}: invalid architecture JSON: {why}")
-    if not isinstance(arch, dict):
-        fail("expected a JSON object")
-    for key in ("layers", "base_width", "stem_head_width", "branch_output_strides", "candidates"):
-        if key not in arch:
-            fail(f"missing key {key!r}")
-    strides = arch["branch_output_strides"]
-    if (not isinstance(strides, list) or not strides or len(set(strides)) != len(strides)
-            or any(s not in OUTPUT_STRIDES for s in strides)):
-        fail(f"branch_output_strides {strides!r} must be distinct values of {OUTPUT_STRIDES}")
-    if not isinstance(arch["stem_head_width"], (list, tuple)) or len(arch["stem_head_width"]) != 2:
-        fail("stem_head_width must be [stem_ratio, head_ratio]")
-    for stride in strides:
-        branch = arch["candidates"].get(str(stride)) if isinstance(arch["candidates"], dict) else None
-        if not isinstance(branch, dict):
-            fail(f"candidates has no branch {stride}")
-        ops, branch_path, widths = branch.get("ops"), branch.get("path"), branch.get("widths")
-        if not (isinstance(ops, list) and isinstance(branch_path, list) and isinstance(widths, list)):
-            fail(f"branch {stride} needs lists ops, path, widths")
-        if not ops or len(ops) != len(branch_path) or len(widths) != len(branch_path) - 1:
-            fail(f"branch {stride}: need len(ops) == len(path) == len(widths) + 1")
-        if any(op not in OP_NAMES for op in ops):
-            fail(f"branch {stride}: unknown op in {ops} (known: {OP_NAMES})")
-        steps = [b - a for a, b in zip(branch_path[:-1], branch_path[1:])]
-        if branch_path[0] != 0 or any(s not in (0, 1) for s in steps) or \
-                branch_path[-1] != OUTPUT_STRIDES.index(stride):
-            fail(f"branch {stride}: path {branch_path} must start at 0, step by 0/1 and end at "
-                 f"{OUTPUT_STRIDES.index(stride)}")
-        if any(not isinstance(w, (int, float)) or not 0 < w <= 1 for w in widths):
-            fail(f"branch {stride}: widths must be ratios in (0, 1]")
-    return arch
+    """Checks the JSON form (arch_schema.json + cross-field rules); raises ArchitectureError."""
+    return arch_validation.validate_architecture(arch, path)
 
 
 def save_architecture(arch, path):

@@ -1,0 +1,320 @@
+"""Does the search find anything? Found architectures vs random ones at equal latency.
+
+For every method x seed: search, derive, retrain with one fixed budget, evaluate val mIoU and
+measured latency (`compare.compare_method`, under `<out>/<method>/seed_<s>/`). Then random
+architectures of the same space (`models/fasterseg/sampling.py`), kept only if their predicted
+latency is within +-tolerance of the median predicted latency of the found ones, retrained with
+the same budget (`<out>/random/rNN/`). Optionally one more LBT search whose latency target is
+the random archs' median predicted latency (`<out>/target/`). All predictions use one latency
+table measured once (`<out>/latency_table_HxW.json`), all measurements the same runtime.
+
+Outputs: search_quality.md (mean +- std per method and for random, every run, argmax
+stability), search_quality.json, search_quality.png (measured latency vs mIoU). Resumable:
+every search / retraining writes its result file and is skipped on a rerun.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import os
+import platform
+import statistics
+import time
+from typing import Dict, List, Optional, Sequence
+
+from lbt_tf import config as config_lib
+from lbt_tf import names
+from lbt_tf.config import ConfigError
+from lbt_tf.experiments import compare, stability
+from lbt_tf.experiments import results as results_lib
+
+RANDOM = "random"
+TARGET = "lbt (latency target)"
+KINDS = ("alpha", "beta", "gamma")
+RUN_COLUMNS = (("method", "method", "{}"), ("seed", "seed", "{}"),
+               ("retrained_miou", "retrained val mIoU", "{:.4f}"),
+               ("measured_latency_ms", "measured latency (ms)", "{:.2f}"),
+               ("predicted_latency_ms", "predicted latency (ms)", "{:.2f}"),
+               ("teacher_val_miou", "supernet val mIoU (search)", "{:.4f}"),
+               ("params", "params", "{:,}"), ("final_mode", "final mode", "{}"))
+
+
+@dataclasses.dataclass(frozen=True)
+class QualityOptions:
+    methods: Sequence[str] = names.SEARCH_MODES
+    seeds: Sequence[int] = (0, 1, 2)
+    random_archs: int = 8            # K random architectures retrained
+    random_pool: int = 1000          # sampled before the latency filter (cheap)
+    tolerance: float = 0.15          # relative latency band around the found archs' median
+    target_row: bool = True          # one lbt search with the random archs' median as target
+    lock_path: str = ""              # a file lock held while measuring latency ("": none)
+
+
+class FileLock:
+    """flock(2) on `path` (the machine's shared heavy-job lock), held inside `with`."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.handle = None
+
+    def __enter__(self):
+        self.handle = open(self.path, "a")
+        fcntl.flock(self.handle, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.flock(self.handle, fcntl.LOCK_UN)
+        self.handle.close()
+        self.handle = None
+
+
+# ------------------------------------------------------------------------------- statistics
+def mean_std(values: Sequence[float]) -> Dict[str, Optional[float]]:
+    values = [float(v) for v in values if v is not None]
+    if not values:
+        return {"n": 0, "mean": None, "std": None}
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"n": len(values), "mean": statistics.fmean(values), "std": std}
+
+
+def summarize(runs: List[Dict], random_rows: List[Dict]) -> List[Dict]:
+    """One row per method (and random): mean/std of mIoU and latencies over its runs."""
+    groups: Dict[str, List[Dict]] = {}
+    for row in runs + random_rows:
+        groups.setdefault(row["method"], []).append(row)
+    summary = []
+    for method, rows in groups.items():
+        entry = {"method": method, "runs": len(rows)}
+        for key in ("retrained_miou", "measured_latency_ms", "predicted_latency_ms"):
+            stats = mean_std([r.get(key) for r in rows])
+            entry[key] = stats["mean"]
+            entry[key + "_std"] = stats["std"]
+        summary.append(entry)
+    return summary
+
+
+def method_stability(histories: Dict[str, List[Dict]], search_epochs: int) -> List[Dict]:
+    """Per method: seed agreement and last-quarter stability of the argmax, per kind."""
+    rows = []
+    for method, per_seed in histories.items():
+        per_seed = [h for h in per_seed if h]
+        if not per_seed:
+            continue
+        row = {"method": method, "seeds": len(per_seed)}
+        finals = [h[-1]["arch_values"] for h in per_seed]
+        agreement = stability.seed_agreement(finals) if len(finals) > 1 else {}
+        late = [stability.late_stability(h, search_epochs) for h in per_seed]
+        for kind, chance in stability.chance_agreement(finals[0]).items():
+            row[f"{kind}_seed_agreement"] = agreement.get(kind)
+            row[f"{kind}_chance"] = chance
+            row[f"{kind}_late_stability"] = mean_std([s[kind] for s in late])["mean"]
+        rows.append(row)
+    return rows
+
+
+# ----------------------------------------------------------------------------------- report
+def _pm(row: Dict, key: str, fmt: str) -> str:
+    mean, std = row.get(key), row.get(key + "_std")
+    if mean is None:
+        return "n/a"
+    return f"{fmt.format(mean)} ± {fmt.format(std or 0.0)}"
+
+
+def report_markdown(summary: List[Dict], runs: List[Dict], stability_rows: List[Dict],
+                    meta: Dict) -> str:
+    lines = [f"# Does the search find anything? ({meta.get('title', '')})", ""]
+    for key, value in meta.items():
+        if key != "title":
+            lines.append(f"- {key}: {value}")
+    lines += ["", "## Mean ± std per method", "",
+              "| method | runs | retrained val mIoU | measured latency (ms) | "
+              "predicted latency (ms) |", "|---|---|---|---|---|"]
+    for row in summary:
+        lines.append(f"| {row['method']} | {row['runs']} | "
+                     f"{_pm(row, 'retrained_miou', '{:.4f}')} | "
+                     f"{_pm(row, 'measured_latency_ms', '{:.2f}')} | "
+                     f"{_pm(row, 'predicted_latency_ms', '{:.2f}')} |")
+    lines += ["", "## Every run", "", results_lib.markdown_table(runs, RUN_COLUMNS), ""]
+    if stability_rows:
+        kinds = [k for k in KINDS if f"{k}_chance" in stability_rows[0]]
+        lines += ["## Argmax stability", "",
+                  "Seed agreement: fraction of (row, seed pair) with the same final argmax "
+                  "(chance in brackets). Late stability: fraction of rows whose argmax did not "
+                  "change over the last quarter of the search (mean over seeds).", "",
+                  "| method | seeds | " + " | ".join(
+                      f"{k} seed agreement | {k} late stability" for k in kinds) + " |",
+                  "|---|---|" + "---|---|" * len(kinds)]
+        for row in stability_rows:
+            cells = []
+            for k in kinds:
+                agree = row.get(f"{k}_seed_agreement")
+                agree = "n/a" if agree is None else f"{agree:.2f} ({row[f'{k}_chance']:.2f})"
+                late = row.get(f"{k}_late_stability")
+                cells += [agree, "n/a" if late is None else f"{late:.2f}"]
+            lines.append(f"| {row['method']} | {row['seeds']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_latency_vs_miou(path: str, runs: List[Dict]) -> str:
+    """Measured latency vs retrained mIoU; one marker per method, random as grey points."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+    markers = dict(zip(list(names.SEARCH_MODES) + [TARGET], "o^s*"))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method in dict.fromkeys(r["method"] for r in runs):
+        points = [(r["measured_latency_ms"], r["retrained_miou"]) for r in runs
+                  if r["method"] == method and r.get("retrained_miou") is not None]
+        if not points:
+            continue
+        if method == RANDOM:
+            ax.scatter(*zip(*points), color="0.6", marker=".", s=60, label=RANDOM, zorder=1)
+        else:
+            ax.scatter(*zip(*points), marker=markers.get(method, "D"), s=60, label=method,
+                       zorder=2)
+    ax.set_xlabel("measured latency (ms)")
+    ax.set_ylabel("retrained val mIoU")
+    ax.set_title("found vs random architectures")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_report(out_dir: str, runs: List[Dict], stability_rows: List[Dict],
+                 meta: Dict) -> Dict[str, str]:
+    """search_quality.md / .json / .png under `out_dir`; returns their paths."""
+    random_rows = [r for r in runs if r["method"] == RANDOM]
+    found = [r for r in runs if r["method"] != RANDOM]
+    summary = summarize(found, random_rows)
+    paths = {name: os.path.join(out_dir, f"search_quality.{name}") for name in ("md", "json",
+                                                                             "png")}
+    os.makedirs(out_dir, exist_ok=True)
+    with open(paths["md"], "w") as f:
+        f.write(report_markdown(summary, runs, stability_rows, meta))
+    results_lib.write_json(paths["json"], {"meta": meta, "summary": summary, "runs": runs,
+                                           "stability": stability_rows})
+    plot_latency_vs_miou(paths["png"], runs)
+    return paths
+
+
+# -------------------------------------------------------------------------------------- run
+def predicted_latency(arch: Dict, table, config) -> float:
+    from lbt_tf.models.fasterseg import latency
+    d = config.data
+    return latency.derived_latency(arch, table, d.num_classes, d.image_height,
+                                   d.image_width)["total"]
+
+
+def _arch_history(search_dir: str) -> List[Dict]:
+    path = os.path.join(search_dir, "search_state.json")
+    return results_lib.read_json(path).get("arch_history", []) if os.path.isfile(path) else []
+
+
+def run_random(config, options: QualityOptions, table, reference_ms: float, lock=None):
+    """Retrains the first `options.random_archs` random archs (pool seeded by config.seed)
+    whose predicted latency is within the band around `reference_ms`; returns (rows, pool
+    size). Each one's result.json (`<run_dir>/random/rNN/`) is reused on a rerun."""
+    from lbt_tf.models.fasterseg import genotype, sampling
+    pool = sampling.sample_architectures(config.teacher, options.random_pool, config.seed)
+    pool_latency = [predicted_latency(a, table, config) for a in pool]
+    kept = sampling.within_latency(pool_latency, reference_ms, options.tolerance)
+    rows = []
+    for n, index in enumerate(kept[:options.random_archs]):
+        seed = int(options.seeds[n % len(options.seeds)])
+        run_dir = os.path.join(config.run_dir, RANDOM, f"r{index:02d}")
+        result_path = os.path.join(run_dir, "result.json")
+        if os.path.isfile(result_path):
+            rows.append(results_lib.read_json(result_path))
+            continue
+        arch_path = os.path.join(run_dir, "arch.json")
+        genotype.save_architecture(pool[index], arch_path)
+        print(f"[search_quality] random #{index} ({pool_latency[index]:.2f} ms predicted)",
+              flush=True)
+        row = dict(compare.retrain_and_evaluate(config_lib.replace(config, seed=seed), arch_path,
+                                                os.path.join(run_dir, "retrain"), lock),
+                   method=RANDOM, seed=seed, pool_index=index, arch_path=arch_path,
+                   predicted_latency_ms=pool_latency[index])
+        results_lib.write_json(result_path, row)
+        rows.append(row)
+    return rows, len(pool)
+
+
+def run_search_quality(config, options: QualityOptions) -> Dict[str, str]:
+    from lbt_tf.models.fasterseg import genotype, latency
+    unknown = [m for m in options.methods if m not in names.SEARCH_MODES]
+    if unknown or not options.methods or not options.seeds:
+        raise ConfigError(f"search quality: methods {list(options.methods)} must be a non-empty "
+                          f"subset of {names.SEARCH_MODES}, seeds non-empty")
+    started = time.time()
+    out_dir = config.run_dir
+    lock = FileLock(options.lock_path) if options.lock_path else contextlib.nullcontext()
+    d = config.data
+    table_path = config.teacher.latency_table or os.path.join(
+        out_dir, f"latency_table_{d.image_height}x{d.image_width}.json")
+    config = config_lib.replace(config, **{"teacher.latency_table": table_path})
+    with lock:
+        table, _ = latency.table_for_config(config)
+
+    runs, histories = [], {}
+    for method in options.methods:
+        for seed in options.seeds:
+            run_dir = os.path.join(out_dir, method, f"seed_{seed}")
+            row = compare.compare_method(config_lib.replace(config, seed=int(seed)), method,
+                                         run_dir, lock)
+            arch = genotype.load_architecture(row["arch_path"])
+            runs.append(dict(row, method=method, seed=int(seed),
+                             predicted_latency_ms=predicted_latency(arch, table, config)))
+            histories.setdefault(method, []).append(_arch_history(os.path.join(run_dir,
+                                                                               "search")))
+    reference = statistics.median(r["predicted_latency_ms"] for r in runs)
+
+    random_rows, pool_size = run_random(config, options, table, reference, lock)
+    runs += random_rows
+    random_latency = [r["predicted_latency_ms"] for r in runs if r["method"] == RANDOM]
+
+    meta = {"title": f"{d.source} {d.image_height}x{d.image_width}, {config.teacher.layers} "
+                     f"layers",
+            "search": f"{config.search.warmup_epochs} warm-up + {config.search.epochs} search "
+                      f"epochs x {config.search.steps_per_epoch} steps",
+            "retraining": f"{config.train.epochs} epochs x {config.train.steps_per_epoch} "
+                          f"steps, lr {config.train.lr}, batch {d.batch_size}",
+            "seeds": list(options.seeds),
+            "random": f"{len(random_latency)} kept of {pool_size} sampled (seed {config.seed}) "
+                      f"within ±{options.tolerance:.0%} of the found archs' median predicted "
+                      f"latency {reference:.2f} ms",
+            "latency_table": table_path,
+            "machine": f"{os.cpu_count()} CPU cores, {platform.machine()}, {platform.system()}"}
+    if options.target_row and random_latency:
+        target = statistics.median(random_latency)
+        run_dir = os.path.join(out_dir, "target")
+        row = compare.compare_method(config_lib.replace(
+            config, **{"search.adaptive_latency": True,
+                       "search.latency_target_min_ms": 0.95 * target,
+                       "search.latency_target_max_ms": 1.05 * target}), "lbt", run_dir, lock)
+        arch = genotype.load_architecture(row["arch_path"])
+        row = dict(row, method=TARGET, seed=int(config.seed), target_latency_ms=target,
+                   predicted_latency_ms=predicted_latency(arch, table, config))
+        runs.append(row)
+        error = row["predicted_latency_ms"] / target - 1.0
+        meta["latency target"] = (f"{target:.2f} ms predicted (random median); found network "
+                                  f"{row['predicted_latency_ms']:.2f} ms predicted ({error:+.0%}),"
+                                  f" {row['measured_latency_ms']:.2f} ms measured")
+    stability_rows = method_stability(histories, config.search.epochs)
+    meta["wall time of this invocation"] = f"{(time.time() - started) / 60:.1f} min " \
+        "(a resumed run counts only what it ran)"
+    paths = write_report(out_dir, runs, stability_rows, meta)
+    with open(paths["md"]) as f:
+        print(f.read())
+    print("\n".join(f"search_quality_{k}={v}" for k, v in paths.items()), flush=True)
+    return paths
+
+
+__all__ = ["QualityOptions", "FileLock", "mean_std", "summarize", "method_stability",
+           "report_markdown", "plot_latency_vs_miou", "write_report", "run_random",
+           "run_search_quality"]

@@ -1,0 +1,23 @@
+"""Names shared across lbt_tf, defined once: data splits, search modes, hypergradient methods,
+search phases and pseudo-label kinds."""
+
+# The five sources of one LBT search step (fields of data.splits.LBTSplits and of
+# search.learner.Batches): D_t^tr, D_t^val, D_s^tr, D_s^val, D_u.
+SEARCH_SOURCES = ("teacher_train", "teacher_val", "student_train", "student_val", "unlabeled")
+# fasterseg searches the teacher alone: it reads only the teacher's two sources.
+TEACHER_SOURCES = SEARCH_SOURCES[:2]
+# Every split of data.splits.LBTSplits: the search sources plus the official val and test.
+LBT_SPLITS = SEARCH_SOURCES + ("val", "test")
+# The splits materialised as TFRecords (the test split is read only through D_u).
+RECORD_SPLITS = SEARCH_SOURCES + ("val",)
+# Labeled splits a trained network can be evaluated on (--eval_split).
+EVAL_SPLITS = ("val", "test", "train") + SEARCH_SOURCES[:4]
+
+SEARCH_MODES = ("fasterseg", "lpt", "lbt")
+FIRST_ORDER_MODES = ("fasterseg", "lpt")     # T' = T, S' = S: no unrolling
+HYPERGRADS = ("exact", "finite_difference")  # how lbt differentiates through the unrolled step
+PHASES = ("warmup", "search")                # A frozen / A updated
+PSEUDO_LABELS = ("soft", "hard")             # the real student step's pseudo-labels
+# Keras dtype policies of the search's student: float32, or bfloat16 compute with float32
+# variables, losses and hypergradient (GPU/TPU; no loss scaling); the supernet stays float32.
+SEARCH_PRECISIONS = ("float32", "mixed_bfloat16")

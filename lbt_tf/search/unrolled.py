@@ -1,0 +1,200 @@
+"""The LBT architecture update, unrolled one step (shared/seed/lbt-fasterseg-paper.txt §4):
+    (1) T' = T - xi_t grad_T L(T, A; D_t^tr)                                 virtual_teacher_step
+    (2) S' = S - xi_s grad_S [L(S; D_s^tr) + lambda L_soft(S; P(T', A; D_u))] virtual_student_step
+    (3) F(A) = L(T', A; D_t^val) + w_sv L(S'; D_s^val) + lambda_lat Lat(A)     unrolled_objective
+        A <- A - eta grad_A F                           exact_hypergradient, update_architecture
+
+xi: the weight optimizers' current learning rates; lambda = pseudo_label_weight; w_sv =
+student_val_weight; P: the teacher's soft pseudo-labels. fasterseg/lpt: first order (T' = T,
+S' = S: the student term vanishes, its val loss is only logged); lbt: exact (nested tapes) or
+finite_difference.py. A None gradient raises HypergradientError, never becomes zero. `terms`
+splits grad_A F into teacher val / student val / latency (own tape); the val split costs one more
+backward, so it is done only where `diagnose` is true."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Optional
+
+import tensorflow as tf
+
+from lbt_tf import names
+from lbt_tf.config import SearchConfig
+from lbt_tf.search import learner as lrn
+from lbt_tf.search.finite_difference import finite_difference_hypergradient
+from lbt_tf.search.learner import ArchGradient, Batches, Learner, StepGradients, checked_gradients
+from lbt_tf.search.updates import all_finite, apply_if_finite, replica_mean
+
+
+@dataclasses.dataclass
+class SearchProblem:
+    """The learners and the weights of the LBT objective (1)-(3)."""
+    teacher: Learner
+    student: Optional[Learner]
+    ignore_label: int
+    latency_fn: Optional[Callable] = None   # arch values -> expected latency (ms), differentiable
+    pseudo_label_weight: float = 1.0
+    student_val_weight: float = 1.0
+    finite_difference_scale: float = SearchConfig.finite_difference_scale
+    student_aux_weight: float = 0.0         # aux-head CE in the student's loss L(S; D)
+
+    def teacher_loss(self, weights, arch, batch):
+        outputs, _ = self.teacher.forward(weights, arch, batch[0])
+        return lrn.teacher_seg_loss(outputs, batch[1], self.ignore_label)
+
+    def teacher_probs(self, weights, arch, images):
+        outputs, _ = self.teacher.forward(weights, arch, images)
+        return lrn.teacher_probabilities(outputs, images.shape[1:3])
+
+    def student_loss(self, weights, batch):
+        outputs, _ = self.student.forward(weights, [], batch[0])
+        return lrn.student_seg_loss(outputs, batch[1], self.ignore_label, self.student_aux_weight)
+
+    def teacher_gradient(self, weights, arch, batch, what="teacher step"):
+        """(L(T, A; batch), grad_T, new BatchNorm statistics): one forward, one backward."""
+        with tf.GradientTape() as tape:
+            tape.watch(weights)
+            outputs, stats = self.teacher.forward(weights, arch, batch[0])
+            loss = lrn.teacher_seg_loss(outputs, batch[1], self.ignore_label)
+        grads = tape.gradient(loss, weights)
+        return loss, checked_gradients(grads, self.teacher.weight_names, what), stats
+
+    def student_gradient(self, weights, batch):
+        """(L(S; batch), grad_S, new statistics); grads may hold None (checked once summed with
+        the pseudo-label term)."""
+        with tf.GradientTape() as tape:
+            tape.watch(weights)
+            outputs, stats = self.student.forward(weights, [], batch[0])
+            loss = lrn.student_seg_loss(outputs, batch[1], self.ignore_label,
+                                        self.student_aux_weight)
+        return loss, tape.gradient(loss, weights), stats
+
+    def pseudo_label_gradient(self, weights, images, probs, hard=False):
+        """(L_pl(S; probs), grad_S) of the virtual and the real student step; None where a
+        weight has no path (the aux head). `hard`: CE of the argmax (real step only)."""
+        with tf.GradientTape() as tape:
+            tape.watch(weights)
+            outputs, _ = self.student.forward(weights, [], images)
+            loss = lrn.pseudo_label_loss(lrn.student_logits(outputs), probs, hard,
+                                         self.ignore_label)
+        return loss, tape.gradient(loss, weights)
+
+    def latency_gradient(self, arch, latency_weight):
+        """(lambda_lat Lat(A), its gradient): a tape of its own, cheap."""
+        if self.latency_fn is None:
+            return tf.zeros((), arch[0].dtype), [tf.zeros_like(a) for a in arch]
+        with tf.GradientTape() as tape:
+            tape.watch(arch)
+            latency = tf.cast(latency_weight, arch[0].dtype) * self.latency_fn(arch)
+        return latency, checked_gradients(tape.gradient(latency, arch), self.teacher.arch_names,
+                                          "latency gradient")
+
+    # ---- (1), (2), (3) -------------------------------------------------------------------------
+    def virtual_teacher_step(self, weights, arch, xi_t, batch):
+        """(1): T' (differentiable w.r.t. A when an outer tape watches A), and the pieces."""
+        reuse = StepGradients(*self.teacher_gradient(weights, arch, batch, "virtual teacher step"))
+        return lrn.axpy(-tf.cast(xi_t, reuse.teacher_loss.dtype), reuse.teacher_grads,
+                        weights), reuse
+
+    def virtual_student_step(self, weights, probs, xi_s, batches: Batches, reuse: StepGradients):
+        """(2): S' given the teacher's soft pseudo-labels `probs` on D_u; fills `reuse`."""
+        loss, grads, stats = self.student_gradient(weights, batches.student_train)
+        pl_loss, pl_grads = self.pseudo_label_gradient(weights, batches.unlabeled, probs)
+        total = checked_gradients(lrn.add_scaled(grads, self.pseudo_label_weight, pl_grads),
+                                  self.student.weight_names, "virtual student step")
+        reuse.student_loss, reuse.student_grads, reuse.student_stats = loss, grads, stats
+        reuse.pseudo_probs, reuse.pseudo_loss, reuse.pseudo_grads = probs, pl_loss, pl_grads
+        return lrn.axpy(-tf.cast(xi_s, loss.dtype), total, weights)
+
+    def val_terms(self, teacher_weights, arch, student_weights, xi_t, xi_s, batches: Batches):
+        """(3)'s data terms (L(T', A; D_t^val), L(S'; D_s^val) or None, StepGradients)."""
+        new_teacher, reuse = self.virtual_teacher_step(teacher_weights, arch, xi_t,
+                                                       batches.teacher_train)
+        teacher_val = self.teacher_loss(new_teacher, arch, batches.teacher_val)
+        if self.student is None:
+            return teacher_val, None, reuse
+        probs = self.teacher_probs(new_teacher, arch, batches.unlabeled)
+        new_student = self.virtual_student_step(student_weights, probs, xi_s, batches, reuse)
+        return teacher_val, self.student_loss(new_student, batches.student_val), reuse
+
+    def unrolled_objective(self, teacher_weights, arch, student_weights, xi_t, xi_s,
+                           latency_weight, batches: Batches):
+        """(3): (F(A), its parts) with the virtual steps (1) and (2) redone."""
+        teacher_val, student_val, _ = self.val_terms(teacher_weights, arch, student_weights,
+                                                     xi_t, xi_s, batches)
+        latency, _ = self.latency_gradient(arch, latency_weight)
+        result = self.result([], None, teacher_val, student_val, latency, [])
+        return result.objective, result.parts
+
+    def exact_hypergradient(self, teacher_weights, arch, student_weights, xi_t, xi_s,
+                            latency_weight, batches: Batches, diagnose=None):
+        """grad_A F through both virtual steps (nested tapes, every second-order term)."""
+        with tf.GradientTape(persistent=diagnose is not None) as outer:
+            outer.watch(arch)
+            teacher_val, student_val, reuse = self.val_terms(teacher_weights, arch,
+                                                             student_weights, xi_t, xi_s, batches)
+            val = teacher_val if student_val is None else (
+                teacher_val + self.student_val_weight * student_val)
+        grads = checked_gradients(outer.gradient(val, arch), self.teacher.arch_names,
+                                  "exact LBT hypergradient")
+        teacher_grads = None if diagnose is None else tf.cond(  # one more backward
+            diagnose, lambda: outer.gradient(teacher_val, arch),
+            lambda: [tf.zeros_like(a) for a in arch])
+        latency, lat_grads = self.latency_gradient(arch, latency_weight)
+        return self.result(grads, teacher_grads, teacher_val, student_val, latency, lat_grads,
+                           reuse)
+
+    def first_order_gradient(self, teacher_weights, arch, student_weights, latency_weight,
+                             batches: Batches):
+        """fasterseg / lpt: grad_A [L(T, A; D_t^val) + lambda_lat Lat(A)] at the current T; the
+        student's val loss (lpt) does not depend on A at S' = S and is only logged."""
+        with tf.GradientTape() as tape:
+            tape.watch(arch)
+            teacher_val = self.teacher_loss(teacher_weights, arch, batches.teacher_val)
+        grads = checked_gradients(tape.gradient(teacher_val, arch), self.teacher.arch_names,
+                                  "first-order arch gradient")
+        latency, lat_grads = self.latency_gradient(arch, latency_weight)
+        result = self.result(grads, grads, teacher_val, None, latency, lat_grads)
+        if student_weights is not None:
+            result.parts["arch_student_val_loss"] = self.student_loss(student_weights,
+                                                                      batches.student_val)
+        return result
+
+    def result(self, val_grads, teacher_grads, teacher_val, student_val, latency, lat_grads,
+               reuse=None) -> ArchGradient:
+        """grad_A F = val terms' gradient + latency gradient, with F, its parts and terms."""
+        parts = {"arch_teacher_val_loss": teacher_val, "arch_latency_loss": latency}
+        objective = teacher_val + latency
+        if student_val is not None:
+            parts["arch_student_val_loss"] = student_val
+            objective = objective + self.student_val_weight * student_val
+        terms = {"latency": lat_grads}
+        if teacher_grads is not None:
+            terms["teacher_val"] = teacher_grads
+            terms["student_val"] = [g - t for g, t in zip(val_grads, teacher_grads)]
+        grads = [g + l for g, l in zip(val_grads, lat_grads)]
+        return ArchGradient(grads, objective, parts, terms, reuse)
+
+    def arch_gradient(self, mode, hypergrad, teacher_weights, arch, student_weights, xi_t, xi_s,
+                      latency_weight, batches: Batches, diagnose=None) -> ArchGradient:
+        """grad_A F for the (static, Python) search mode and hypergradient method."""
+        if mode in names.FIRST_ORDER_MODES:
+            return self.first_order_gradient(teacher_weights, arch,
+                                             student_weights if mode == "lpt" else None,
+                                             latency_weight, batches)
+        if mode not in names.SEARCH_MODES or hypergrad not in names.HYPERGRADS:
+            raise ValueError(f"unknown search mode {mode!r} or hypergrad {hypergrad!r}")
+        if hypergrad == "finite_difference":
+            return finite_difference_hypergradient(self, teacher_weights, arch, student_weights,
+                                                   xi_t, xi_s, latency_weight, batches, diagnose)
+        return self.exact_hypergradient(teacher_weights, arch, student_weights, xi_t, xi_s,
+                                        latency_weight, batches, diagnose)
+
+
+def update_architecture(optimizer, variables, result: ArchGradient, clip_norm):
+    """A <- A - eta grad_A F: replica mean, global-norm clip, `optimizer.apply` only if F and the
+    gradient are finite. Returns (finite, mean gradient, mean F, norm before clipping, terms)."""
+    grads, objective, terms = replica_mean((result.grads, result.objective, result.terms))
+    finite = tf.logical_and(all_finite(grads), tf.math.is_finite(objective))
+    clipped, norm = tf.clip_by_global_norm(grads, clip_norm)
+    apply_if_finite(finite, [(optimizer, clipped, variables)])
+    return finite, grads, objective, norm, terms
