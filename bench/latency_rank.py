@@ -108,6 +108,9 @@ def main(argv):
                                                   "teacher.latency_runtime": runtime})
             table, path = latency.table_for_config(sized, measure=False)
             start = time.perf_counter()
+            table.ensure([spec for _, arch, base_width in networks for group in
+                          latency.derived_specs(arch, d.num_classes, height, width, base_width,
+                                                table.has_glue).values() for spec in group])
             predicted, runners = [], []
             for name, arch, base_width in networks:
                 predicted.append(latency.derived_latency(arch, table, d.num_classes, height,
