@@ -30,8 +30,10 @@ flags.DEFINE_list("bench_runtimes", ["tf", "tflite"], "Runtimes (tf, xla, tflite
 flags.DEFINE_integer("bench_runs", 10, "Timed runs per network (median).")
 flags.DEFINE_string("bench_plot", "latency_rank.png", "Scatter plot of predicted vs measured.")
 flags.DEFINE_string("bench_fasterseg_dir",
-                    os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fasterseg"),
-                    "Folder with FasterSeg's arch_0.json / arch_1.json (skipped when absent).")
+                    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared",
+                                 "fasterseg"),
+                    "Folder with FasterSeg's arch_0.json / arch_1.json (../shared/fasterseg "
+                    "beside the checkout; the networks are left out when absent).")
 
 
 def sample_architectures(teacher, count, seed):
