@@ -80,10 +80,8 @@ def plot(results, path):
     for ax, ((runtime, size), row) in zip(axes[0], results.items()):
         pred, meas = np.array(row["predicted"]), np.array(row["measured"])
         ax.scatter(meas, pred, s=14)
-        lo, hi = min(pred.min(), meas.min()) * 0.8, max(pred.max(), meas.max()) * 1.25
+        lo, hi = 0.0, max(pred.max(), meas.max()) * 1.1
         ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
         s = row["stats"]
         ax.set_title(f"{runtime} {size}: rho {s['rho']:.2f}, med err {100 * s['median_error']:.0f}%",
                      fontsize=9)
