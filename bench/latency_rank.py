@@ -18,6 +18,7 @@ import time
 from absl import app, flags, logging
 import numpy as np
 from scipy import stats
+import tensorflow as tf
 
 from lbt_tf import config as config_lib, flags as lbt_flags
 from lbt_tf.models.fasterseg import (build_derived_network, derive_architecture, import_fasterseg,
@@ -28,6 +29,10 @@ flags.DEFINE_integer("bench_networks", 24, "Random derived networks (plus arch_0
 flags.DEFINE_list("bench_sizes", None, "HxW input sizes (default: the config's and 256x512).")
 flags.DEFINE_list("bench_runtimes", ["tf", "tflite"], "Runtimes (tf, xla, tflite).")
 flags.DEFINE_integer("bench_runs", 10, "Timed runs per network (median).")
+flags.DEFINE_integer("bench_tf_threads", 1,
+                     "TF intra-op threads for runtimes tf/xla (0: every core). One, like the "
+                     "TFLite interpreter: on a shared CPU a multi-threaded op stalls at its "
+                     "barrier whenever a worker is preempted.")
 flags.DEFINE_string("bench_plot", "latency_rank.png", "Scatter plot of predicted vs measured.")
 flags.DEFINE_string("bench_fasterseg_dir",
                     os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared",
@@ -93,11 +98,13 @@ def plot(results, path):
 
 def main(argv):
     logging.set_verbosity(logging.WARNING)   # the TFLite converter logs every conversion
+    tf.config.threading.set_intra_op_parallelism_threads(flags.FLAGS.bench_tf_threads)
     config = lbt_flags.build_config()
     d, tc = config.data, config.teacher
     sizes = flags.FLAGS.bench_sizes or [f"{d.image_height}x{d.image_width}", "256x512"]
     networks = sample_architectures(tc, flags.FLAGS.bench_networks, config.seed)
-    print(f"{len(networks)} networks, layers={tc.layers} F={tc.base_width}, load average "
+    print(f"{len(networks)} networks, layers={tc.layers} F={tc.base_width}, TF intra-op threads "
+          f"{flags.FLAGS.bench_tf_threads}, TFLite threads {timing.num_threads()}, load average "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at start")
     results = {}
     for runtime in flags.FLAGS.bench_runtimes:

@@ -174,7 +174,9 @@ def time_spec(spec: OpSpec, runtime: str = "tf", runs: int = 5, warmup: int = 2,
 def this_device_meta(runtime: str, height: int, width: int, runs: int, warmup: int) -> dict:
     return {"format": FORMAT, "device": device_name(), "runtime": runtime,
             "tensorflow": tf.__version__, "height": height, "width": width, "batch": 1,
-            "threads": timing.num_threads() if runtime == "tflite" else None,
+            # TF's intra-op threads (0: TF's default, every core)
+            "threads": (timing.num_threads() if runtime == "tflite"
+                        else tf.config.threading.get_intra_op_parallelism_threads()),
             "repeats": f"{REPEATS} below {REPEAT_BELOW_MS} ms" if runtime in ("tf", "xla") else 1,
             "runs": runs, "warmup": warmup,
             "interpreter": timing.interpreter_name() if runtime == "tflite" else None}
