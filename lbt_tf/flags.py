@@ -127,6 +127,9 @@ FLAG_TABLE = {
     "log_every": ("search", "log_every", "Steps between log lines."),
     "distribute": ("search", "distribute", "Run under MirroredStrategy on all devices."),
     "jit_compile": ("search", "jit_compile", "XLA-compile the search step (for GPUs)."),
+    "trace_once": ("search", "trace_once",
+                   "Trace each model's forward once per step (one tf.function, not inlined) "
+                   "instead of once per pass: smaller graph, faster first step."),
     "mixed_precision": ("search", "mixed_precision",
                         "float32 | mixed_bfloat16: the student computes in bfloat16 (float32 "
                         "variables, losses, hypergradient; the supernet stays float32)."),
