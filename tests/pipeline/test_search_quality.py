@@ -65,6 +65,7 @@ def test_report_writer(tmp_path):
 
 class MacTable(latency.LatencyTable):
     """A latency table whose cost of an op is its multiply count (no timing)."""
+    has_glue = False   # no overhead/resize/concat terms (latency.LatencyTable.has_glue)
 
     def get(self, spec):
         return 1e-6 * spec.cin * spec.cout * spec.height * spec.width * spec.kernel
