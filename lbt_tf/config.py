@@ -125,6 +125,7 @@ class SearchConfig:
     log_every: int = 10
     distribute: bool = False              # MirroredStrategy over the available devices
     jit_compile: bool = False             # XLA-compile the search step (GPU)
+    trace_once: bool = False              # each model's forward traced once per step (Learner)
     mixed_precision: str = "float32"      # names.SEARCH_PRECISIONS: the models' dtype policy
 
 

@@ -52,13 +52,13 @@ def frozen_call(layer, call=None):
 
 
 def repeated(fn, times: int):
-    """fn(x) evaluated `times` times in sequence inside one graph (control dependencies keep
-    the copies apart and in order), so a table entry can be the in-graph cost of one call."""
+    """fn evaluated `times` times in sequence inside one graph, so that a table entry can be the
+    in-graph cost of one call. Each copy reads x plus 0 * one element of the previous copy's
+    output: a data dependency (Grappler merges copies that differ only by control deps)."""
     def run(x):
         out = fn(x)
         for _ in range(times - 1):
-            with tf.control_dependencies(tf.nest.flatten(out)):
-                out = fn(tf.identity(x))
+            out = fn(x + 0.0 * out[:1, :1, :1, :1])
         return out
     return run
 
