@@ -55,7 +55,9 @@ FLAG_TABLE = {
                            "|D_u used| : |D_s^tr|, pseudo-labeled to student-train images."),
     "batch_size": ("data", "batch_size", "Training batch size (per split)."),
     "eval_batch_size": ("data", "eval_batch_size", "Evaluation batch size."),
-    "deterministic": ("data", "deterministic", "Deterministic input pipeline (tests)."),
+    "deterministic": ("data", "deterministic",
+                      "Deterministic input pipeline and TF ops (op determinism): a resumed run "
+                      "equals the uninterrupted one bit for bit."),
     # teacher
     "layers": ("teacher", "layers", "Cells of the FasterSeg supernet."),
     "base_width": ("teacher", "base_width", "FasterSeg's Fch: channels are 8F/16F/32F."),
@@ -125,6 +127,9 @@ FLAG_TABLE = {
     "log_every": ("search", "log_every", "Steps between log lines."),
     "distribute": ("search", "distribute", "Run under MirroredStrategy on all devices."),
     "jit_compile": ("search", "jit_compile", "XLA-compile the search step (for GPUs)."),
+    "trace_once": ("search", "trace_once",
+                   "Trace each model's forward once per step (one tf.function, not inlined) "
+                   "instead of once per pass: smaller graph, faster first step."),
     "mixed_precision": ("search", "mixed_precision",
                         "float32 | mixed_bfloat16: the student computes in bfloat16 (float32 "
                         "variables, losses, hypergradient; the supernet stays float32)."),

@@ -25,6 +25,7 @@ from typing import Optional
 
 import keras
 import tensorflow as tf
+from absl import logging
 
 from lbt_tf import names
 from lbt_tf.metrics import StreamingMeanIoU
@@ -60,8 +61,10 @@ class LBTSearch(keras.Model):
         self.hypergrad = cfg.hypergrad
         self.phase = names.PHASES[0]
         self.trace_count = 0
-        self.teacher_learner = lrn.Learner(supernet, supernet.arch_variables)
-        self.student_learner = lrn.Learner(student) if student is not None else None
+        self.traces_since_build = 0  # of the current step function
+        self.teacher_learner = lrn.Learner(supernet, supernet.arch_variables, cfg.trace_once)
+        self.student_learner = (lrn.Learner(student, trace_once=cfg.trace_once)
+                                if student is not None else None)
         self.problem = unrolled.SearchProblem(
             teacher=self.teacher_learner, student=self.student_learner,
             ignore_label=ignore_label, latency_fn=latency_fn,
@@ -114,6 +117,7 @@ class LBTSearch(keras.Model):
         if phase != self.phase:
             self.phase = phase
             if self.train_function is not None:
+                self.traces_since_build = 0
                 self.make_train_function(force=True)
 
     def set_mode(self, mode: str):
@@ -122,6 +126,7 @@ class LBTSearch(keras.Model):
         if mode != self.mode:
             self.mode = mode
             if self.train_function is not None:
+                self.traces_since_build = 0
                 self.make_train_function(force=True)
 
     def progress_keys(self):
@@ -249,6 +254,12 @@ class LBTSearch(keras.Model):
 
     def train_step(self, data):
         self.trace_count += 1  # Python side effect: runs once per trace
+        self.traces_since_build += 1
+        if self.traces_since_build > tf.distribute.get_strategy().num_replicas_in_sync:
+            # A retrace costs as much as the first step (minutes at the paper's size).
+            logging.warning("the search step is traced again (trace %d of this step function): "
+                            "an input shape or Python value changed between steps",
+                            self.traces_since_build)
         batches = lrn.Batches.from_dict(data)
         finite, reuse = tf.constant(True), None
         if self.phase == "search":

@@ -63,10 +63,16 @@ class Learner:
 
     `arch_variables` (the supernet's alpha/beta/gamma) are split out of
     `model.trainable_variables` by identity so that A and T can be differentiated separately.
+    `trace_once`: every forward goes through one `tf.function` per `training` value, called (not
+    inlined) wherever the step runs the model, so the step's graph holds the model's forward and
+    backward once instead of once per pass (the unrolled step makes 3-7 passes per model); the
+    gradients of any order are TensorFlow's gradients of that function, the same values.
     """
 
-    def __init__(self, model, arch_variables: Sequence = ()):
+    def __init__(self, model, arch_variables: Sequence = (), trace_once: bool = False):
         self.model = model
+        self.trace_once = trace_once
+        self._traced = {}
         arch_ids = {id(v) for v in arch_variables}
         trainable = list(model.trainable_variables)
         self.arch_positions = [i for i, v in enumerate(trainable) if id(v) in arch_ids]
@@ -91,13 +97,22 @@ class Learner:
 
     def forward(self, weights, arch, x, training=True, non_trainable=None):
         """(outputs, new non-trainable values) of the model at the given values."""
+        if non_trainable is None:
+            non_trainable = self.non_trainable_values()
+        if not self.trace_once:
+            return self._stateless_forward(weights, arch, x, training, non_trainable)
+        if training not in self._traced:
+            self._traced[training] = tf.function(
+                lambda w, a, n, images: self._stateless_forward(w, a, images, training, n),
+                autograph=False, experimental_attributes={"_noinline": True})
+        return self._traced[training](list(weights), list(arch), list(non_trainable), x)
+
+    def _stateless_forward(self, weights, arch, x, training, non_trainable):
         values = [None] * (len(self.weight_positions) + len(self.arch_positions))
         for pos, value in zip(self.weight_positions, weights):
             values[pos] = value
         for pos, value in zip(self.arch_positions, arch):
             values[pos] = value
-        if non_trainable is None:
-            non_trainable = self.non_trainable_values()
         return self.model.stateless_call(values, non_trainable, x, training=training)
 
 

@@ -1,0 +1,49 @@
+"""--trace_once (Learner's forward as one tf.function per `training`, called not inlined) gives
+the same hypergradients as the inline forward: exact (second order through the function's
+gradient) and finite differences, on the stand-in supernet and student (the real ones take
+minutes on 2 cores)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from lbt_tf import names
+from lbt_tf.search import learner, unrolled
+from tests.search import models_under_test
+
+
+@pytest.fixture(scope="module")
+def float64(keras_float64_module):
+    yield
+
+
+def _batches(num_classes, batch=2, seed=0):
+    rng = np.random.default_rng(seed)
+    shape = (batch, models_under_test.HEIGHT, models_under_test.WIDTH)
+
+    def labeled():
+        return (tf.constant(rng.normal(size=shape + (3,)), tf.float64),
+                tf.constant(rng.integers(0, num_classes, size=shape), tf.int32))
+
+    return learner.Batches(teacher_train=labeled(), teacher_val=labeled(),
+                           student_train=labeled(), student_val=labeled(),
+                           unlabeled=tf.constant(rng.normal(size=shape + (3,)), tf.float64))
+
+
+@pytest.mark.parametrize("hypergrad", names.HYPERGRADS)
+def test_trace_once_gives_the_same_hypergradient(float64, hypergrad):
+    supernet, student, num_classes = models_under_test.build("stand_in")
+    batches = _batches(num_classes)
+    results = []
+    for trace_once in (False, True):
+        problem = unrolled.SearchProblem(
+            teacher=learner.Learner(supernet, supernet.arch_variables, trace_once),
+            student=learner.Learner(student, trace_once=trace_once), ignore_label=255,
+            pseudo_label_weight=0.7)
+        results.append(problem.arch_gradient(
+            "lbt", hypergrad, problem.teacher.weight_values(), problem.teacher.arch_values(),
+            problem.student.weight_values(), 0.01, 0.01, 0.0, batches).grads)
+    assert problem.teacher._traced and problem.student._traced  # the traced path ran
+    for inline, traced in zip(*results):
+        np.testing.assert_allclose(traced.numpy(), inline.numpy(), rtol=1e-7, atol=1e-12)
