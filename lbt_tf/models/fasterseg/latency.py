@@ -50,8 +50,7 @@ _CELL_KINDS = OP_TABLE_NAMES
 COMPAT_MODES = ("faithful", "fasterseg")
 FORMAT = "lbt_tf/latency-table-v2"
 # Meta fields that must match for a cached table to be re-used.
-REUSE_KEYS = ("format", "device", "runtime", "tensorflow", "height", "width", "batch", "threads",
-              "repeats")
+REUSE_KEYS = ("format", "device", "runtime", "tensorflow", "height", "width", "batch", "threads")
 _KEY_RE = re.compile(
     r"^(?P<kind>[A-Za-z_0-9]+?)_H(?P<h>\d+)_W(?P<w>\d+)_C(?:in)?(?P<cin>\d+)"
     r"(?:_Cout(?P<cout>\d+))?(?:_kernel(?P<kernel>\d+))?(?:_stride(?P<stride>\d+))?"
@@ -150,24 +149,14 @@ def device_name() -> str:
     return f"CPU:{model}:{os.cpu_count()} cores"
 
 
-# A TF graph call costs more than the op's share of a network (per-call executor work, the
-# output's copy): an op under REPEAT_BELOW_MS per call is re-timed as REPEATS chained copies
-# in one graph, divided by REPEATS (larger ops keep one call: the excess is noise there).
-REPEATS = 3
-REPEAT_BELOW_MS = 2.0
-
-
 def time_spec(spec: OpSpec, runtime: str = "tf", runs: int = 5, warmup: int = 2,
               overhead_ms: float = 0.0) -> float:
-    """Median ms of one batch-1 call of the configuration compiled for `runtime`, less its
-    share of the per-call `overhead_ms`."""
+    """Median ms of one batch-1 call of the configuration compiled for `runtime`, less the
+    per-call `overhead_ms` (counted once per network instead)."""
     if spec.kind == "FactorizedReduce" and spec.stride == 1:
         return 0.0   # identity in the derived network (FasterSeg measures an identity, too)
     fn, inputs = spec.timed_function()
     ms = timing.time_callable(timing.compile_for(runtime, fn, inputs), runs, warmup)
-    if runtime in ("tf", "xla") and spec.kind != "overhead" and ms < REPEAT_BELOW_MS:
-        run = timing.compile_for(runtime, timing.repeated(fn, REPEATS), inputs)
-        return max(0.0, timing.time_callable(run, runs, warmup) - overhead_ms) / REPEATS
     return max(0.0, ms - overhead_ms)
 
 
@@ -177,7 +166,6 @@ def this_device_meta(runtime: str, height: int, width: int, runs: int, warmup: i
             # TF's intra-op threads (0: TF's default, every core)
             "threads": (timing.num_threads() if runtime == "tflite"
                         else tf.config.threading.get_intra_op_parallelism_threads()),
-            "repeats": f"{REPEATS} below {REPEAT_BELOW_MS} ms" if runtime in ("tf", "xla") else 1,
             "runs": runs, "warmup": warmup,
             "interpreter": timing.interpreter_name() if runtime == "tflite" else None}
 

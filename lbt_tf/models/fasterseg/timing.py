@@ -51,18 +51,6 @@ def frozen_call(layer, call=None):
     return fn
 
 
-def repeated(fn, times: int):
-    """fn evaluated `times` times in sequence inside one graph, so that a table entry can be the
-    in-graph cost of one call. Each copy reads x plus 0 * one element of the previous copy's
-    output: a data dependency (Grappler merges copies that differ only by control deps)."""
-    def run(x):
-        out = fn(x)
-        for _ in range(times - 1):
-            out = fn(x + 0.0 * out[:1, :1, :1, :1])
-        return out
-    return run
-
-
 def compile_for(runtime: str, fn, inputs):
     """A zero-argument callable that runs fn(inputs) once in `runtime` and waits for it."""
     if runtime in ("tf", "xla"):
