@@ -18,6 +18,7 @@ import time
 from absl import app, flags, logging
 import numpy as np
 from scipy import stats
+import tensorflow as tf
 
 from lbt_tf import config as config_lib, flags as lbt_flags
 from lbt_tf.models.fasterseg import (build_derived_network, derive_architecture, import_fasterseg,
@@ -28,10 +29,16 @@ flags.DEFINE_integer("bench_networks", 24, "Random derived networks (plus arch_0
 flags.DEFINE_list("bench_sizes", None, "HxW input sizes (default: the config's and 256x512).")
 flags.DEFINE_list("bench_runtimes", ["tf", "tflite"], "Runtimes (tf, xla, tflite).")
 flags.DEFINE_integer("bench_runs", 10, "Timed runs per network (median).")
+flags.DEFINE_integer("bench_tf_threads", 1,
+                     "TF intra-op threads for runtimes tf/xla (0: every core). One, like the "
+                     "TFLite interpreter: on a shared CPU a multi-threaded op stalls at its "
+                     "barrier whenever a worker is preempted.")
 flags.DEFINE_string("bench_plot", "latency_rank.png", "Scatter plot of predicted vs measured.")
 flags.DEFINE_string("bench_fasterseg_dir",
-                    os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fasterseg"),
-                    "Folder with FasterSeg's arch_0.json / arch_1.json (skipped when absent).")
+                    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared",
+                                 "fasterseg"),
+                    "Folder with FasterSeg's arch_0.json / arch_1.json (../shared/fasterseg "
+                    "beside the checkout; the networks are left out when absent).")
 
 
 def sample_architectures(teacher, count, seed):
@@ -78,10 +85,8 @@ def plot(results, path):
     for ax, ((runtime, size), row) in zip(axes[0], results.items()):
         pred, meas = np.array(row["predicted"]), np.array(row["measured"])
         ax.scatter(meas, pred, s=14)
-        lo, hi = min(pred.min(), meas.min()) * 0.8, max(pred.max(), meas.max()) * 1.25
+        lo, hi = 0.0, max(pred.max(), meas.max()) * 1.1
         ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
         s = row["stats"]
         ax.set_title(f"{runtime} {size}: rho {s['rho']:.2f}, med err {100 * s['median_error']:.0f}%",
                      fontsize=9)
@@ -93,11 +98,13 @@ def plot(results, path):
 
 def main(argv):
     logging.set_verbosity(logging.WARNING)   # the TFLite converter logs every conversion
+    tf.config.threading.set_intra_op_parallelism_threads(flags.FLAGS.bench_tf_threads)
     config = lbt_flags.build_config()
     d, tc = config.data, config.teacher
     sizes = flags.FLAGS.bench_sizes or [f"{d.image_height}x{d.image_width}", "256x512"]
     networks = sample_architectures(tc, flags.FLAGS.bench_networks, config.seed)
-    print(f"{len(networks)} networks, layers={tc.layers} F={tc.base_width}, load average "
+    print(f"{len(networks)} networks, layers={tc.layers} F={tc.base_width}, TF intra-op threads "
+          f"{flags.FLAGS.bench_tf_threads}, TFLite threads {timing.num_threads()}, load average "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at start")
     results = {}
     for runtime in flags.FLAGS.bench_runtimes:
@@ -108,6 +115,9 @@ def main(argv):
                                                   "teacher.latency_runtime": runtime})
             table, path = latency.table_for_config(sized, measure=False)
             start = time.perf_counter()
+            table.ensure([spec for _, arch, base_width in networks for group in
+                          latency.derived_specs(arch, d.num_classes, height, width, base_width,
+                                                table.has_glue).values() for spec in group])
             predicted, runners = [], []
             for name, arch, base_width in networks:
                 predicted.append(latency.derived_latency(arch, table, d.num_classes, height,

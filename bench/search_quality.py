@@ -31,6 +31,10 @@ flags.DEFINE_bool("quality_target", True, "Add one lbt search with the random ar
                   "latency as its target.")
 flags.DEFINE_string("quality_lock", "", "File lock held while measuring latency (e.g. "
                     "/tmp/heavy.lock on a shared machine); empty: none.")
+flags.DEFINE_float("quality_reference_ms", 0.0, "Predicted latency (ms) the random archs must "
+                   "match; 0: the median of the found archs.")
+flags.DEFINE_bool("quality_report_only", False, "Run nothing; report the searches and "
+                  "retrainings whose result files exist (a partial or reduced run).")
 
 
 def main(argv):
@@ -40,7 +44,8 @@ def main(argv):
     options = search_quality.QualityOptions(
         methods=tuple(f.quality_methods), seeds=tuple(int(s) for s in f.quality_seeds),
         random_archs=f.quality_random, random_pool=f.quality_random_pool,
-        tolerance=f.quality_tolerance, target_row=f.quality_target, lock_path=f.quality_lock)
+        tolerance=f.quality_tolerance, target_row=f.quality_target, lock_path=f.quality_lock,
+        reference_ms=f.quality_reference_ms, report_only=f.quality_report_only)
     search_quality.run_search_quality(lbt_flags.build_config(), options)
 
 

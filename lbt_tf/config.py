@@ -119,7 +119,8 @@ class SearchConfig:
     pseudo_labels: str = "soft"           # soft | hard (for the real student step)
     finite_difference_scale: float = 1e-3  # measured: bench/finite_difference_eps.py
     reuse_step_gradients: bool = True     # lbt: weight steps reuse the arch step's gradients
-    arch_signal_every: int = 1            # lbt: split ||grad_A|| into its terms every N arch steps
+    arch_signal_every: int = 10           # lbt: split ||grad_A|| into its terms every N arch steps
+    # (a split step costs ~40% more: bench/arch_signals.py)
     max_skipped_steps: int = 5            # in a row, then lbt falls back to lpt
     log_every: int = 10
     distribute: bool = False              # MirroredStrategy over the available devices

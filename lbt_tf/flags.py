@@ -55,7 +55,9 @@ FLAG_TABLE = {
                            "|D_u used| : |D_s^tr|, pseudo-labeled to student-train images."),
     "batch_size": ("data", "batch_size", "Training batch size (per split)."),
     "eval_batch_size": ("data", "eval_batch_size", "Evaluation batch size."),
-    "deterministic": ("data", "deterministic", "Deterministic input pipeline (tests)."),
+    "deterministic": ("data", "deterministic",
+                      "Deterministic input pipeline and TF ops (op determinism): a resumed run "
+                      "equals the uninterrupted one bit for bit."),
     # teacher
     "layers": ("teacher", "layers", "Cells of the FasterSeg supernet."),
     "base_width": ("teacher", "base_width", "FasterSeg's Fch: channels are 8F/16F/32F."),

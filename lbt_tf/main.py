@@ -78,6 +78,11 @@ def main(argv):
     try:
         config = config_lib.check_inputs(lbt_flags.build_config())  # before any work
         quiet_tensorflow(logging.get_verbosity())
+        if config.data.deterministic:
+            # Op determinism is process-wide and cannot be switched off: set here, for the whole
+            # command (with the seeded data, a resumed run is the uninterrupted one bit for bit).
+            import tensorflow as tf  # pylint: disable=import-outside-toplevel
+            tf.config.experimental.enable_op_determinism()
         dispatch(config)
     except LbtError as err:
         # The user's input is wrong: one clear line naming the file or flag, no stack trace.

@@ -74,6 +74,9 @@ def compare_method(config, mode: str, method_dir: str, lock=None) -> Dict:
             **{"search.mode": mode}))
         search = dict(search_summary(result, mode), arch_path=result.arch_path,
                       val_miou_per_epoch=results_lib.val_miou_per_epoch(result))
+        s = config.search
+        if s.adaptive_latency and s.latency_target_max_ms > 0:  # the band this search had
+            search["latency_target_band_ms"] = [s.latency_target_min_ms, s.latency_target_max_ms]
         results_lib.write_json(search_path, search)
 
     print(f"[compare] {mode}: retrain {search['arch_path']}", flush=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import os
 
 import keras
@@ -136,6 +137,16 @@ def training_dataset(config: Config):
     return dataset, len(source) // config.data.batch_size
 
 
+def backed_up_epochs(backup_dir: str) -> int:
+    """Epochs finished by the run BackupAndRestore backed up in `backup_dir` (0 if none): the
+    "epoch" of its training_metadata.json, the epoch it restarts at."""
+    path = os.path.join(backup_dir, "training_metadata.json")
+    if not os.path.isfile(path):
+        return 0
+    with open(path) as f:
+        return int(json.load(f)["epoch"])
+
+
 def _load_teacher(config: Config, input_hw):
     t = config.train
     if t.distill_weight <= 0:
@@ -163,12 +174,12 @@ def run_train(config: Config):
     arch = network_lib.load_arch(t.arch)
     out_dir = network_lib.train_dir(config)
     plan = run_record.check(config, "train", out_dir, OUTPUTS)  # refuses before any work
+    keras.utils.set_random_seed(config.seed)  # before the data: its shuffles use the global seed
     input_hw = (config.data.crop_height, config.data.crop_width)
     dataset, batches_per_pass = training_dataset(config)  # files checked before writing
     steps = t.steps_per_epoch or batches_per_pass
     os.makedirs(out_dir, exist_ok=True)
     plan.apply()
-    keras.utils.set_random_seed(config.seed)
     arch_copy = network_lib.save_arch_beside_weights(arch, out_dir)
     net = network_lib.build_network(config, arch, input_hw)
     model = RetrainModel(net, config.data.ignore_label, t.aux_weight,
@@ -179,6 +190,9 @@ def run_train(config: Config):
     model(tf.zeros((1, *input_hw, 3)))  # BackupAndRestore needs a built model
 
     backup_dir = os.path.join(out_dir, BACKUP_NAME)  # a fresh run has none (run_record)
+    # BackupAndRestore brings back weights, optimizer and epoch, not the input's position: skip
+    # the batches of the backed-up epochs (the pipeline is a function of seed and element index).
+    dataset = dataset.skip(backed_up_epochs(backup_dir) * steps)
     weights_path = os.path.join(out_dir, network_lib.WEIGHTS_NAME)
     # The guard first: a diverged epoch is neither backed up nor saved.
     guard = DivergenceGuard({"loss": ("train_lr", t.lr)})

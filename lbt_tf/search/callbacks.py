@@ -213,8 +213,8 @@ class DivergenceGuard(keras.callbacks.Callback):
     """Stops a diverging run with a DivergenceError (exit 2 from main) instead of a result:
     - a loss above `growth` x its first finite value (a rate too large),
     - a loss that is not finite where no step-skipping protects the weights (`skips_fn` None),
-    - more than `max_skip_fraction` of an epoch's steps skipped as non-finite (`skips_fn()`: the
-      run's count of skipped steps so far),
+    - more than `max_skip_fraction` of an epoch's steps skipped as non-finite, once at least
+      `min_steps_for_fraction` ran (`skips_fn()`: the run's count of skipped steps so far),
     - an architecture softmax saturated (a row's top probability > 1 - `saturation`, where its
       gradient vanishes) within the first `saturation_steps` steps that update it.
     `loss_flags`: log key -> (flag, value) of the learning rate that drives it; `arch_values_fn`
@@ -251,8 +251,7 @@ class DivergenceGuard(keras.callbacks.Callback):
         logs = logs or {}
         self.steps_in_epoch += 1
         self._check_losses(logs, f"epoch {self.epoch + 1} step {batch + 1}")
-        if self.steps_in_epoch >= self.min_steps_for_fraction:
-            self._check_skips(f"epoch {self.epoch + 1}")
+        self._check_skips(f"epoch {self.epoch + 1}")
         if self.arch_values_fn is not None and self.arch_active_fn():
             self.arch_steps += 1
             if self.arch_steps <= self.saturation_steps:
@@ -284,7 +283,9 @@ class DivergenceGuard(keras.callbacks.Callback):
                                   f"{first:.4g} (limit {self.growth:g}x)", flag)
 
     def _check_skips(self, where):
-        if self.skips_fn is None or not self.steps_in_epoch:
+        # Judged over enough steps: lbt's fallback to lpt after `max_skipped_steps` (5) skips in
+        # a row must not read as divergence in a short epoch.
+        if self.skips_fn is None or self.steps_in_epoch < self.min_steps_for_fraction:
             return
         skipped = self.skips_fn() - self.skips_at_epoch_begin
         fraction = skipped / self.steps_in_epoch

@@ -204,13 +204,11 @@ def _run_search(config) -> SearchResult:
     plan = run_record.check(config, "search", run_dir, OUTPUTS)  # refuses before any work
     state = _load_state(run_dir) if plan.resume else {}
     mode = state.get("mode", cfg.mode)
+    keras.utils.set_random_seed(config.seed)  # before the data: its shuffles use the global seed
     # The data (every file listed and checked) before any model is built or table measured.
     train, val, steps = make_search_input(config, mode, seed=config.seed)
     os.makedirs(run_dir, exist_ok=True)
     resume = plan.apply()
-    if config.data.deterministic:  # with the seeded data: the same run, resumed or not
-        tf.config.experimental.enable_op_determinism()
-    keras.utils.set_random_seed(config.seed)
     strategy = make_strategy(cfg)
     with strategy.scope():
         model = build_search_model(config, mode)
@@ -220,7 +218,12 @@ def _run_search(config) -> SearchResult:
     manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=2)
     initial_epoch = 0
     if resume and manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        try:
+            checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        except AssertionError as err:  # another model, or an older lbt_tf's checkpoint
+            raise DataError(f"{manager.latest_checkpoint} does not fit this search's models "
+                            f"({str(err).splitlines()[0][:200]}); use another --run_dir or "
+                            "--overwrite") from None
         initial_epoch = int(epoch_variable.numpy())
         print(f"search: resumed from {manager.latest_checkpoint} at epoch {initial_epoch} "
               f"(mode {mode})")

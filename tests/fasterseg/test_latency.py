@@ -157,20 +157,20 @@ def test_table_round_trip_and_reuse_key(tmp_path, monkeypatch):
                             "run_dir": str(tmp_path)})
     timed = []
 
-    def fake_time(spec, runtime, runs, warmup):
+    def fake_time(spec, runtime, runs, warmup, overhead_ms):
         timed.append((spec.key, runtime))
-        return 0.5 if spec.kind == "overhead" else 1.0 + spec.cin / 100
+        return 0.5 if spec.kind == "overhead" else 1.0 + spec.cin / 100 - overhead_ms
     monkeypatch.setattr(latency_lib, "time_spec", fake_time)
     table, path = latency_lib.table_for_config(config)
-    assert path.endswith("latency_table_tf_32x64.json") and len(timed) == len(table)
+    assert path.endswith("latency_table_tf_32x64.json")
+    assert {key for key, _ in timed} == set(table.entries)
     saved = json.load(open(path))
     meta = saved["meta"]
     assert (meta["runtime"], meta["height"], meta["width"], meta["batch"]) == ("tf", 32, 64, 1)
     assert meta["device"] == latency_lib.device_name() and meta["tensorflow"]
     assert saved["entries"]["overhead"] == 0.5
     key = "BasicResidual2x_H4_W8_Cin16_Cout16_stride1_dilation1"
-    # the per-call overhead is taken out (once per REPEATS in-graph copies)
-    assert saved["entries"][key] == pytest.approx(1.16 - 0.5 / latency_lib.REPEATS)
+    assert saved["entries"][key] == pytest.approx(1.16 - 0.5)   # per-call overhead taken out
     assert LatencyTable.load(path).entries == table.entries      # round trip
 
     timed.clear()
@@ -213,6 +213,24 @@ def test_tflite_timing_runs_the_layer_with_its_weights():
     interpreter = run.__self__
     out = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
     np.testing.assert_allclose(out, fn(inputs).numpy(), atol=1e-4)
+
+
+def test_entry_timed_in_a_busy_spell_is_retimed(monkeypatch):
+    """An entry far slower per unit of work than others of its kind is timed again, the
+    smaller value kept (a busy spell of a shared machine can cover a whole timing window)."""
+    specs = [OpSpec("ConvNorm", 8, 16, c, c, 1, 1) for c in (8, 16, 24, 32, 40)]
+    spell = {specs[2].key: 1}   # its first timing falls in a busy spell
+
+    def fake_time(spec, runtime, runs, warmup, overhead_ms):
+        if spec.kind == "overhead":
+            return 0.0
+        slow = spell.pop(spec.key, 0)
+        return 1e-4 * spec.cin * spec.cout * (1000 if slow else 1)
+    monkeypatch.setattr(latency_lib, "time_spec", fake_time)
+    table = LatencyTable({}, latency_lib.this_device_meta("tf", 32, 64, 1, 1),
+                         measure_missing=True)
+    table.ensure(specs, progress_every=0)
+    assert table.get(specs[2]) == pytest.approx(1e-4 * 24 * 24)
 
 
 def test_glue_keys_parse_back():

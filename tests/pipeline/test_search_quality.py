@@ -5,6 +5,7 @@ import os
 import pytest
 
 from lbt_tf.experiments import search_quality, stability
+from lbt_tf.models.fasterseg import latency
 
 
 def snapshot(epoch, alpha_rows, beta_rows):
@@ -62,11 +63,15 @@ def test_report_writer(tmp_path):
     assert os.path.getsize(paths["png"]) > 1000
 
 
-class MacTable:
+class MacTable(latency.LatencyTable):
     """A latency table whose cost of an op is its multiply count (no timing)."""
+    has_glue = False   # no overhead/resize/concat terms (latency.LatencyTable.has_glue)
 
     def get(self, spec):
         return 1e-6 * spec.cin * spec.cout * spec.height * spec.width * spec.kernel
+
+    def save(self, path=None):
+        self.saved = path
 
 
 def test_run_search_quality_with_stand_in_stages(tmp_path, monkeypatch):
@@ -74,7 +79,7 @@ def test_run_search_quality_with_stand_in_stages(tmp_path, monkeypatch):
     their own tests): random archs come from the latency band, the target row is searched
     with the random median as target, and a rerun retrains nothing."""
     from lbt_tf.experiments import compare
-    from lbt_tf.models.fasterseg import genotype, latency, sampling
+    from lbt_tf.models.fasterseg import genotype, sampling
     from tests.fasterseg.conftest import tiny_config
     config = tiny_config(**{"teacher.layers": 6, "run_dir": str(tmp_path),
                             "search.warmup_epochs": 1, "search.epochs": 4})
@@ -88,8 +93,11 @@ def test_run_search_quality_with_stand_in_stages(tmp_path, monkeypatch):
         history = [snapshot(e, [cfg.seed % 5] * 4, [0, 1]) for e in range(1, 6)]
         with open(os.path.join(method_dir, "search", "search_state.json"), "w") as f:
             json.dump({"arch_history": history}, f)
-        return {"arch_path": arch_path, "retrained_miou": 0.5, "measured_latency_ms": 3.0,
-                "teacher_val_miou": 0.2, "final_mode": mode}
+        row = {"arch_path": arch_path, "retrained_miou": 0.5, "measured_latency_ms": 3.0,
+               "teacher_val_miou": 0.2, "final_mode": mode}
+        with open(os.path.join(method_dir, "result.json"), "w") as f:   # as the real one
+            json.dump(row, f)
+        return row
 
     def retrain_and_evaluate(cfg, arch_path, retrain_dir, lock=None):
         calls.append(("retrain", arch_path))
@@ -118,3 +126,14 @@ def test_run_search_quality_with_stand_in_stages(tmp_path, monkeypatch):
     retrains = len([c for c in calls if c[0] == "retrain"])
     search_quality.run_search_quality(config, options)
     assert len([c for c in calls if c[0] == "retrain"]) == retrains   # resumed from files
+    # report only: nothing runs, a missing search is left out, the fixed reference is used
+    calls.clear()
+    os.remove(tmp_path / "lbt" / "seed_1" / "result.json")
+    report_only = search_quality.QualityOptions(methods=("lpt", "lbt", "fasterseg"),
+                                                seeds=(0, 1), random_archs=3, random_pool=24,
+                                                report_only=True, reference_ms=reference)
+    paths = search_quality.run_search_quality(config, report_only)
+    assert [c for c in calls if c[0] == "retrain"] == []
+    methods = [r["method"] for r in json.load(open(paths["json"]))["runs"]]
+    assert "fasterseg" not in methods and methods.count("random") == 3
+    assert methods.count("lbt") == 1 and methods.count("lpt") == 2

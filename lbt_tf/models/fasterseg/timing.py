@@ -51,18 +51,6 @@ def frozen_call(layer, call=None):
     return fn
 
 
-def repeated(fn, times: int):
-    """fn(x) evaluated `times` times in sequence inside one graph (control dependencies keep
-    the copies apart and in order), so a table entry can be the in-graph cost of one call."""
-    def run(x):
-        out = fn(x)
-        for _ in range(times - 1):
-            with tf.control_dependencies(tf.nest.flatten(out)):
-                out = fn(tf.identity(x))
-        return out
-    return run
-
-
 def compile_for(runtime: str, fn, inputs):
     """A zero-argument callable that runs fn(inputs) once in `runtime` and waits for it."""
     if runtime in ("tf", "xla"):
