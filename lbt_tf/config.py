@@ -113,6 +113,7 @@ class SearchConfig:
     adaptive_latency: bool = True
     latency_target_min_ms: float = 0.0
     latency_target_max_ms: float = 0.0   # 0: no target band, the weight stays fixed
+    latency_target_of: str = "derived"   # names.LATENCY_TARGETS
     pseudo_label_weight: float = 1.0
     student_val_weight: float = 1.0
     student_aux_weight: float = 0.4       # student's auxiliary-head CE in its training losses
@@ -278,6 +279,8 @@ def validate(config: Config) -> Config:
     for flag, value, allowed in (("search_mode", s.mode, names.SEARCH_MODES),
                                  ("hypergrad", s.hypergrad, names.HYPERGRADS),
                                  ("pseudo_labels", s.pseudo_labels, names.PSEUDO_LABELS),
+                                 ("latency_target_of", s.latency_target_of,
+                                  names.LATENCY_TARGETS),
                                  ("mixed_precision", s.mixed_precision,
                                   names.SEARCH_PRECISIONS)):
         if value not in allowed:

@@ -106,6 +106,9 @@ FLAG_TABLE = {
     "latency_target_min_ms": ("search", "latency_target_min_ms", "Lower end of the band."),
     "latency_target_max_ms": ("search", "latency_target_max_ms",
                               "Upper end of the band (0: no band)."),
+    "latency_target_of": ("search", "latency_target_of",
+                          "derived | supernet: the latency the band steers (the derived "
+                          "network's prediction, or the supernet's expectation as FasterSeg)."),
     "pseudo_label_weight": ("search", "pseudo_label_weight",
                             "Weight of the pseudo-label loss of the student."),
     "student_val_weight": ("search", "student_val_weight",

@@ -18,6 +18,9 @@ FIRST_ORDER_MODES = ("fasterseg", "lpt")     # T' = T, S' = S: no unrolling
 HYPERGRADS = ("exact", "finite_difference")  # how lbt differentiates through the unrolled step
 PHASES = ("warmup", "search")                # A frozen / A updated
 PSEUDO_LABELS = ("soft", "hard")             # the real student step's pseudo-labels
+# Which latency the target band steers (--latency_target_of): the derived network's prediction
+# (the network the search returns), or the supernet's expected latency (FasterSeg's rule).
+LATENCY_TARGETS = ("derived", "supernet")
 # Keras dtype policies of the search's student: float32, or bfloat16 compute with float32
 # variables, losses and hypergradient (GPU/TPU; no loss scaling); the supernet stays float32.
 SEARCH_PRECISIONS = ("float32", "mixed_bfloat16")

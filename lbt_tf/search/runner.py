@@ -24,6 +24,7 @@ from lbt_tf import names
 from lbt_tf import run_record
 from lbt_tf.errors import DataError
 from lbt_tf.models.fasterseg import build_supernet, derive_architecture, save_architecture
+from lbt_tf.models.fasterseg.latency import derived_latency
 from lbt_tf.search import callbacks as search_callbacks
 from lbt_tf.search.lbt_model import LBTSearch
 
@@ -251,7 +252,7 @@ def _run_search(config) -> SearchResult:
 
     callbacks = [
         divergence_guard(model, cfg),  # first: a diverged epoch saves nothing
-        search_callbacks.EpochSchedule(cfg, latency_fn),
+        search_callbacks.EpochSchedule(cfg, latency_fn, derived_latency_fn(model, config)),
         fallback,
         arch_log,
         search_callbacks.CheckpointEveryEpoch(manager, epoch_variable, save_state),
@@ -292,6 +293,17 @@ def _run_search(config) -> SearchResult:
         arch_history_plot=os.path.join(run_dir, "arch_evolution.png"))
     _print_result(result, config)
     return result
+
+
+def derived_latency_fn(model, config):
+    """() -> the table-predicted latency (ms) of the network the search would return now (the
+    number `--mode=measure_latency` predicts for it); None without a latency table."""
+    table = model.supernet.latency_table
+    if model.problem.latency_fn is None or table is None:
+        return None
+    d = config.data
+    return lambda: derived_latency(derive_architecture(model.supernet, config.teacher), table,
+                                   d.num_classes, d.image_height, d.image_width)["total"]
 
 
 def _print_result(result: SearchResult, config):

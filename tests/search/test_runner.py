@@ -39,6 +39,12 @@ def derive_stand_in(supernet, teacher_config):
     return {v.path: int(np.argmax(v.numpy())) for v in supernet.arch_variables}
 
 
+def stand_in_derived_latency(arch, table, num_classes, height, width):
+    """The stand-in architecture's latency: its table entries at the argmax choices."""
+    return {"total": sum(float(table[name.split("/")[-1]][index])
+                         for name, index in arch.items())}
+
+
 def save_stand_in(arch, path):
     with open(path, "w") as f:
         json.dump(arch, f)
@@ -51,6 +57,7 @@ def builders(monkeypatch):
     monkeypatch.setattr(runner, "build_supernet", build_stand_in_supernet)
     monkeypatch.setattr(runner, "derive_architecture", derive_stand_in)
     monkeypatch.setattr(runner, "save_architecture", save_stand_in)
+    monkeypatch.setattr(runner, "derived_latency", stand_in_derived_latency)
     # the stand-in's architecture is {variable: argmax}, not a FasterSeg one to tabulate
     from lbt_tf.models.fasterseg import describe
     monkeypatch.setattr(describe, "describe_lines",
@@ -77,8 +84,13 @@ def test_run_search_writes_every_output(tmp_path, builders):
     state = json.load(open(tmp_path / runner.STATE_FILE))
     for key in ("teacher_loss", "student_loss", "val_teacher_miou", "val_student_miou",
                 "expected_latency_ms", "skipped_steps", "arch_grad_norm",
-                "arch_argmax_changed_alpha", "arch_argmax_changed_beta"):
+                "arch_argmax_changed_alpha", "arch_argmax_changed_beta",
+                "derived_latency_ms"):
         assert key in state["history"][-1], key
+    # the band steers the returned network's predicted latency: the table at its argmax choices
+    derived = stand_in_derived_latency(json.load(open(result.arch_path)),
+                                       {"alpha": (2.0, 1.0), "beta": (1.0, 3.0)}, 0, 0, 0)
+    assert state["history"][-1]["derived_latency_ms"] == pytest.approx(derived["total"])
     assert tf.train.latest_checkpoint(result.checkpoint_dir).endswith("-3")
     assert [h["epoch"] for h in result.history] == [1, 2, 3]
     assert 0.0 <= result.teacher_miou <= 1.0 and 0.0 <= result.student_miou <= 1.0
