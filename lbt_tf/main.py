@@ -12,6 +12,7 @@ import sys
 import tempfile
 
 from absl import app, logging
+from absl import flags as absl_flags
 
 from lbt_tf import config as config_lib
 from lbt_tf import flags as lbt_flags
@@ -77,6 +78,9 @@ def main(argv):
     config = None
     try:
         config = config_lib.check_inputs(lbt_flags.build_config())  # before any work
+        if not absl_flags.FLAGS["verbosity"].present:
+            # absl's INFO lines (checkpoint paths) would cut through Keras' progress bar.
+            logging.set_verbosity(logging.WARNING)
         quiet_tensorflow(logging.get_verbosity())
         if config.data.deterministic:
             # Op determinism is process-wide and cannot be switched off: set here, for the whole
