@@ -1,5 +1,6 @@
 """Fixtures shared by the whole suite."""
 import contextlib
+import os
 
 import keras
 import pytest
@@ -29,3 +30,19 @@ def keras_float64():
 def keras_float64_module():
     with _keras_float64():
         yield
+
+
+def read_tree(directory):
+    """{relative path: bytes} of every file under `directory` (to show nothing was touched)."""
+    found = {}
+    for root, _, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                found[os.path.relpath(path, directory)] = f.read()
+    return found
+
+
+@pytest.fixture
+def directory_contents():
+    return read_tree

@@ -11,16 +11,6 @@ from lbt_tf import run_record
 OUTPUTS = ("checkpoints", "state.json")
 
 
-def _files(directory):
-    """{relative path: bytes} of everything under `directory`."""
-    found = {}
-    for root, _, names in os.walk(directory):
-        for name in names:
-            path = os.path.join(root, name)
-            found[os.path.relpath(path, directory)] = open(path, "rb").read()
-    return found
-
-
 def _start(tmp_path, **changes):
     config = config_lib.replace(config_lib.Config(), **changes)
     return run_record.start_or_resume(config, "search", str(tmp_path), OUTPUTS)
@@ -44,10 +34,10 @@ def test_same_config_resumes_and_says_so(tmp_path, capsys):
     assert "--search_epochs: 30 (recorded) vs 40 (now)" in capsys.readouterr().out
 
 
-def test_another_config_is_refused_and_nothing_changes(tmp_path):
+def test_another_config_is_refused_and_nothing_changes(tmp_path, directory_contents):
     _start(tmp_path)
     _run_outputs(tmp_path)
-    before = _files(tmp_path)
+    before = directory_contents(tmp_path)
     with pytest.raises(config_lib.ConfigError) as raised:
         _start(tmp_path, seed=1, **{"search.teacher_lr": 0.02, "data.batch_size": 4})
     message = str(raised.value)
@@ -56,7 +46,7 @@ def test_another_config_is_refused_and_nothing_changes(tmp_path):
                  "--batch_size: 2 (recorded) vs 4 (now)", "--seed: 0 (recorded) vs 1 (now)",
                  "--overwrite"):
         assert part in message, message
-    assert _files(tmp_path) == before
+    assert directory_contents(tmp_path) == before
 
 
 def test_overwrite_replaces_the_earlier_run(tmp_path, capsys):
@@ -71,12 +61,12 @@ def test_overwrite_replaces_the_earlier_run(tmp_path, capsys):
     assert _start(tmp_path, **{"search.teacher_lr": 0.02}) is True  # the new run's record
 
 
-def test_unrecorded_outputs_are_refused_unless_resume_or_overwrite(tmp_path):
+def test_unrecorded_outputs_are_refused_unless_resume_or_overwrite(tmp_path, directory_contents):
     _run_outputs(tmp_path)
-    before = _files(tmp_path)
+    before = directory_contents(tmp_path)
     with pytest.raises(config_lib.ConfigError, match="already holds search outputs "
                                                      r"\(checkpoints, state.json\)"):
         _start(tmp_path)
-    assert _files(tmp_path) == before
+    assert directory_contents(tmp_path) == before
     assert _start(tmp_path, resume=True) is True
     assert os.path.exists(tmp_path / run_record.RECORD_NAME)

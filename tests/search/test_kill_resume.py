@@ -44,21 +44,12 @@ def _command(run_dir, table, *extra):
             "--log_every=0", "--deterministic", *extra]
 
 
-def _files(directory):
-    found = {}
-    for root, _, names in os.walk(directory):
-        for name in names:
-            path = os.path.join(root, name)
-            found[os.path.relpath(path, directory)] = open(path, "rb").read()
-    return found
-
-
 def _history(run_dir):
     with open(os.path.join(run_dir, "search_state.json")) as f:
         return json.load(f)["history"]
 
 
-def test_kill_9_then_the_same_command_resumes_exactly(tmp_path):
+def test_kill_9_then_the_same_command_resumes_exactly(tmp_path, directory_contents):
     run_dir, reference_dir = tmp_path / "run", tmp_path / "reference"
     table = str(tmp_path / "latency.json")
     _write_latency_table(table)
@@ -103,11 +94,11 @@ def test_kill_9_then_the_same_command_resumes_exactly(tmp_path):
         assert [h[key] for h in history] == [h[key] for h in expected], key
 
     # Another learning rate in the same run dir: refused, nothing touched.
-    before = _files(run_dir)
+    before = directory_contents(run_dir)
     refused = subprocess.run(_command(run_dir, table, "--teacher_lr=0.02"), cwd=REPO,
                              timeout=300, capture_output=True, text=True)
     assert refused.returncode == 2, refused.stderr[-3000:]
     last = refused.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: --run_dir: {run_dir} holds a search run of another config")
     assert "--teacher_lr: 0.01 (recorded) vs 0.02 (now)" in last and "--overwrite" in last
-    assert _files(run_dir) == before
+    assert directory_contents(run_dir) == before
