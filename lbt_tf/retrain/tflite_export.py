@@ -15,12 +15,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from lbt_tf.models.fasterseg.timing import tflite_interpreter
 from lbt_tf.retrain.network import logits_of
-
-try:  # LiteRT, the interpreter's new home; tf.lite.Interpreter is deprecated in its favour.
-    from ai_edge_litert.interpreter import Interpreter
-except ImportError:  # LiteRT has no wheel for this platform: TF's own copy of the interpreter
-    Interpreter = tf.lite.Interpreter
 
 
 def _fixed_size_saved_model(model, input_hw: Tuple[int, int], directory: str) -> str:
@@ -79,7 +75,7 @@ class TfliteRunner:
     """Runs a TFLite segmentation model on one normalised image at a time."""
 
     def __init__(self, model_content: bytes):
-        self.interpreter = Interpreter(model_content=model_content)
+        self.interpreter = tflite_interpreter(model_content)
         self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]

@@ -20,15 +20,18 @@ RUNTIMES = ("tf", "xla", "tflite")
 
 
 def interpreter_name() -> str:
+    """LiteRT's interpreter (`ai_edge_litert`, installed with lbt_tf on x86_64/aarch64), else
+    TF's deprecated copy (platforms LiteRT has no wheel for)."""
     return "ai_edge_litert" if importlib.util.find_spec("ai_edge_litert") else "tf.lite"
 
 
-def _interpreter(model_content: bytes):
+def tflite_interpreter(model_content: bytes, num_threads=None):
+    """The one place lbt_tf makes a TFLite interpreter (latency tables, TFLite evaluation)."""
     if interpreter_name() == "ai_edge_litert":
         from ai_edge_litert.interpreter import Interpreter
     else:
         Interpreter = tf.lite.Interpreter
-    return Interpreter(model_content=model_content, num_threads=num_threads())
+    return Interpreter(model_content=model_content, num_threads=num_threads)
 
 
 def num_threads() -> int:
@@ -59,7 +62,7 @@ def compile_for(runtime: str, fn, inputs):
     if runtime == "tflite":
         concrete = tf.function(fn).get_concrete_function(tf.TensorSpec(inputs.shape, inputs.dtype))
         content = tf.lite.TFLiteConverter.from_concrete_functions([concrete], tf.Module()).convert()
-        interpreter = _interpreter(content)
+        interpreter = tflite_interpreter(content, num_threads())
         interpreter.allocate_tensors()
         interpreter.set_tensor(interpreter.get_input_details()[0]["index"], np.asarray(inputs))
         return interpreter.invoke
