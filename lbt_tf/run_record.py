@@ -13,6 +13,7 @@ from typing import Dict, Sequence
 
 from lbt_tf import flags as lbt_flags
 from lbt_tf.config import Config, ConfigError
+from lbt_tf.json_files import write_json
 
 RECORD_NAME = "run_config.json"
 # The config sections that define each stage's result.
@@ -117,8 +118,4 @@ def start_or_resume(config: Config, stage: str, directory: str, outputs: Sequenc
 
 
 def _write_record(path, stage, identity):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    partial = path + ".partial"
-    with open(partial, "w") as f:
-        json.dump({"stage": stage, "config": identity}, f, indent=1, sort_keys=True)
-    os.replace(partial, path)  # atomic: a record is whole or absent
+    write_json(path, {"stage": stage, "config": identity}, indent=1, sort_keys=True)

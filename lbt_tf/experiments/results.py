@@ -6,6 +6,8 @@ import math
 import os
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
+from lbt_tf import json_files
+
 
 def read_json(path: str) -> Dict:
     with open(path) as f:
@@ -15,11 +17,7 @@ def read_json(path: str) -> Dict:
 def write_json(path: str, value: Dict) -> None:
     """Written to a temporary file and renamed, so an interrupted run never leaves half a
     result that a resumed run would trust."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    partial = path + ".partial"
-    with open(partial, "w") as f:
-        json.dump(value, f, indent=2, sort_keys=True, default=_jsonable)
-    os.replace(partial, path)
+    json_files.write_json(path, value, indent=2, sort_keys=True, default=_jsonable)
 
 
 def _jsonable(value):

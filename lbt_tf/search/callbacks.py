@@ -1,7 +1,6 @@
 """Keras callbacks of the search: schedule, lbt -> lpt fallback, architecture log, checkpoints."""
 from __future__ import annotations
 
-import json
 import os
 from typing import Callable, Dict, List, Optional
 
@@ -11,6 +10,7 @@ import tensorflow as tf
 from absl import logging
 
 from lbt_tf.errors import LbtError
+from lbt_tf.json_files import write_json
 from lbt_tf.names import LATENCY_TARGETS, PHASES
 
 
@@ -120,20 +120,11 @@ class ArchitectureLog(keras.callbacks.Callback):
             logs.update(argmax_changed(self.previous, values))
         self.previous = values
         self.history.append({"epoch": epoch + 1, "arch_values": values})
-        write_json_atomically(os.path.join(self.run_dir, "arch", "arch_history.json"),
-                              self.history, indent=None)
+        write_json(os.path.join(self.run_dir, "arch", "arch_history.json"), self.history)
 
     def on_train_end(self, logs=None):
         if self.history:
             plot_arch_history(self.history, os.path.join(self.run_dir, "arch_evolution.png"))
-
-
-def write_json_atomically(path: str, value, indent=1):
-    """A kill leaves the old file or the new one, never half of one."""
-    partial = path + ".partial"
-    with open(partial, "w") as f:
-        json.dump(value, f, indent=indent)
-    os.replace(partial, path)
 
 
 def row_probabilities(value) -> np.ndarray:

@@ -23,6 +23,7 @@ from absl import logging
 from lbt_tf import names
 from lbt_tf import run_record
 from lbt_tf.errors import DataError
+from lbt_tf.json_files import write_json
 from lbt_tf.models.fasterseg import build_supernet, derive_architecture, save_architecture
 from lbt_tf.models.fasterseg.latency import derived_latency
 from lbt_tf.search import callbacks as search_callbacks
@@ -246,9 +247,9 @@ def _run_search(config) -> SearchResult:
         entry = dict(_to_python(logs), epoch=epoch, mode=model.mode,
                      skipped_steps=int(model.skipped_steps.numpy()))
         history.append(entry)
-        search_callbacks.write_json_atomically(
-            os.path.join(run_dir, STATE_FILE),
-            {"mode": model.mode, "history": history, "arch_history": arch_log.history})
+        write_json(os.path.join(run_dir, STATE_FILE),
+                   {"mode": model.mode, "history": history, "arch_history": arch_log.history},
+                   indent=1)
 
     callbacks = [
         divergence_guard(model, cfg),  # first: a diverged epoch saves nothing
