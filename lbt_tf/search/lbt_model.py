@@ -31,7 +31,7 @@ from lbt_tf import names
 from lbt_tf.metrics import StreamingMeanIoU
 from lbt_tf.search import learner as lrn
 from lbt_tf.search import unrolled
-from lbt_tf.search.updates import all_finite, apply_if_finite, replica_mean
+from lbt_tf.search.updates import all_finite, apply_if_finite, norm_finite, replica_mean
 
 # What the progress line shows per phase (every metric still reaches TensorBoard and the
 # run's history).
@@ -210,7 +210,7 @@ class LBTSearch(keras.Model):
             t_loss, t_grads, t_stats = problem.teacher_gradient(
                 teacher.weight_values(), teacher.arch_values(), batches.teacher_train,
                 "teacher weight step")
-        losses_seen, grads_seen = [t_loss], list(t_grads)
+        losses_seen = [t_loss]
         updates_grads = [t_grads]
         stats = [t_stats]
         if student is not None:
@@ -231,21 +231,25 @@ class LBTSearch(keras.Model):
                 lrn.add_scaled(s_grads, cfg.pseudo_label_weight, pl_grads),
                 student.weight_names, "student weight step")
             losses_seen += [s_loss, pl_loss]
-            grads_seen += list(s_grads)
             updates_grads.append(s_grads)
             stats.append(s_stats)
             self.trackers["student_loss"].update_state(s_loss)
             self.trackers["pseudo_loss"].update_state(pl_loss)
         self.trackers["teacher_loss"].update_state(t_loss)
         updates_grads, stats = replica_mean((updates_grads, stats))
+        # Finite iff the losses, the global norms of the (mean) gradients and of the new
+        # statistics are: one op per tensor instead of a check each (the graph has ~4000 of
+        # them at the paper's size); a norm that overflows also counts as not finite (clipping
+        # would turn those gradients into NaN).
         finite = tf.logical_and(all_finite(losses_seen),
-                                all_finite(grads_seen + [s for group in stats for s in group]))
+                                tf.reduce_all([norm_finite(group) for group in stats]))
         updates = []
         learners = [(self.teacher_optimizer, teacher)]
         if student is not None:
             learners.append((self.student_optimizer, student))
         for (optimizer, learner), grads, new_stats in zip(learners, updates_grads, stats):
-            grads, _ = tf.clip_by_global_norm(grads, cfg.weight_grad_clip)
+            grads, norm = tf.clip_by_global_norm(grads, cfg.weight_grad_clip)
+            finite = tf.logical_and(finite, tf.math.is_finite(norm))
             updates.append((optimizer, grads, learner.weight_variables))
             if learner.non_trainable_variables:
                 updates.append((None, new_stats, learner.non_trainable_variables))

@@ -134,8 +134,9 @@ class FasterSegSupernet(keras.Model):
                 probs = tf.stop_gradient(hard - soft) + soft   # straight-through
             else:
                 probs = tf.nn.softmax(logits, axis=-1)
+            rows = tf.unstack(probs)   # one op, not a slice per row (traced once per pass)
             for layer in range(max(0, scale - 1), L - 1):
-                weights[(layer, scale)] = probs[gamma_row(layer, scale)]
+                weights[(layer, scale)] = rows[gamma_row(layer, scale)]
         return weights
 
     # ------------------------------------------------------------------ forward
@@ -143,8 +144,10 @@ class FasterSegSupernet(keras.Model):
         arch = self.arch_values_dict([v.value if hasattr(v, "value") else v
                                       for v in self.arch_variables])
         L, F = self.layers_count, self.base_width
-        alphas = [tf.nn.softmax(arch[f"alpha_{s}"], axis=-1) for s in range(3)]
-        betas = [None, tf.nn.softmax(arch["beta_1"], -1), tf.nn.softmax(arch["beta_2"], -1)]
+        # Rows (and beta's two entries) unstacked once: indexing would add a slice per use.
+        alphas = [tf.unstack(tf.nn.softmax(arch[f"alpha_{s}"], axis=-1)) for s in range(3)]
+        betas = [None] + [[tf.unstack(row) for row in tf.unstack(tf.nn.softmax(arch[f"beta_{s}"], -1))]
+                          for s in (1, 2)]
         gammas = {k: v for k, v in arch.items() if k.startswith("gamma")}
         widths = self._width_weights(gammas, width_mode)
         one = tf.ones([1], images.dtype)
