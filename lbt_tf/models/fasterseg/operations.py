@@ -78,23 +78,25 @@ class BatchNorm(keras.layers.BatchNormalization):
         self.moving_mean.assign(moving_mean * self.momentum + mean * (1.0 - self.momentum))
         self.moving_variance.assign(
             moving_variance * self.momentum + variance * (1.0 - self.momentum))
-        out = normalize(x, tf.stop_gradient(mean), tf.stop_gradient(variance),
-                        tf.cast(self.gamma, x.dtype), tf.cast(self.beta, x.dtype), self.epsilon)
+        out = normalize(x, mean, variance, tf.cast(self.gamma, x.dtype),
+                        tf.cast(self.beta, x.dtype), self.epsilon)
         return tf.cast(out, self.compute_dtype)
 
 
 def normalize(x, mean, variance, gamma, beta, epsilon):
     """Training-mode BN over all axes but the last, given x's batch `mean` and `variance`
-    (passed in without a gradient): tf.nn.batch_normalization's forward, and the analytic
-    gradient w.r.t. x (through the batch moments), gamma and beta. The gradient recomputes the
-    moments from x, so an outer tape sees how it depends on x: second order exact (checked
-    against finite differences in tests/search/test_hypergradient.py)."""
+    (constants here): tf.nn.batch_normalization's forward, and the analytic gradient w.r.t. x
+    (through the batch moments), gamma and beta. The gradient recomputes the moments from x, so
+    an outer tape sees how it depends on x: second order exact (checked against finite
+    differences in tests/search/test_hypergradient.py and tests/fasterseg)."""
     axes = tf.constant(list(range(len(x.shape) - 1)))
     count = float(np.prod(x.shape[:-1]))
+    inv = tf.math.rsqrt(tf.stop_gradient(variance) + epsilon)
+    mean = tf.stop_gradient(mean)
 
     @tf.custom_gradient
-    def batch_norm(x, mean, variance, gamma, beta):
-        inv = tf.math.rsqrt(variance + epsilon) * gamma
+    def batch_norm(x, gamma, beta):  # only these three: each argument costs ops in the backward
+        scale = inv * gamma
 
         def grad(dy):
             centred = x - tf.reduce_mean(x, axes)
@@ -103,11 +105,11 @@ def normalize(x, mean, variance, gamma, beta, epsilon):
             d_beta = tf.reduce_sum(dy, axes)
             d_gamma = tf.reduce_sum(dy * normed, axes)
             d_x = (gamma * rstd) * (dy - (d_beta + normed * d_gamma) / count)
-            return d_x, None, None, d_gamma, d_beta
+            return d_x, d_gamma, d_beta
 
-        return x * inv + (beta - mean * inv), grad
+        return x * scale + (beta - mean * scale), grad
 
-    return batch_norm(x, mean, variance, gamma, beta)
+    return batch_norm(x, gamma, beta)
 
 
 def _bn(name=None):
