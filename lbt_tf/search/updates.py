@@ -47,7 +47,8 @@ def sgd_apply(optimizer, grads, variables):
         raise ValueError(f"sgd_apply: optimizer {optimizer.name} has options it does not apply")
     momentums = list(optimizer.momentums) if optimizer.momentum else [None] * len(variables)
     if len(momentums) != len(variables) or any(
-            tuple(m.shape) != tuple(v.shape) for m, v in zip(momentums, variables) if m is not None):
+            m is not None and tuple(m.shape) != tuple(v.shape)
+            for m, v in zip(momentums, variables)):
         raise ValueError(f"sgd_apply: {optimizer.name} was built for other variables")
     rate = tf.convert_to_tensor(optimizer.learning_rate)
     scalars = {}  # per dtype: (lr, weight decay, momentum), made once

@@ -146,7 +146,7 @@ class FasterSegSupernet(keras.Model):
         L, F = self.layers_count, self.base_width
         # Rows (and beta's two entries) unstacked once: indexing would add a slice per use.
         alphas = [tf.unstack(tf.nn.softmax(arch[f"alpha_{s}"], axis=-1)) for s in range(3)]
-        betas = [None] + [[tf.unstack(row) for row in tf.unstack(tf.nn.softmax(arch[f"beta_{s}"], -1))]
+        betas = [None] + [[tf.unstack(row) for row in tf.unstack(tf.nn.softmax(arch[f"beta_{s}"]))]
                           for s in (1, 2)]
         gammas = {k: v for k, v in arch.items() if k.startswith("gamma")}
         widths = self._width_weights(gammas, width_mode)
