@@ -94,7 +94,7 @@ class StudentConfig:
 @dataclasses.dataclass(frozen=True)
 class SearchConfig:
     mode: str = "lbt"                     # fasterseg | lpt | lbt
-    hypergrad: str = "exact"              # exact | finite_difference
+    hypergrad: str = "exact"              # names.HYPERGRADS: exact | hvp | finite_difference
     epochs: int = 30
     warmup_epochs: int = 20
     steps_per_epoch: Optional[int] = None  # None: one pass over D_t^tr
