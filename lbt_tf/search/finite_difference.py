@@ -8,7 +8,7 @@ activation (bench/finite_difference_eps.py). With ReLU the quotients also count 
 T +- eps v crosses, which the exact Hessian-vector product leaves out: the two agree only for
 eps below every kink (float64, c = 1e-6), out of float32's reach, so in float32 with ReLU no eps
 meets cosine >= 0.99 against the exact hypergradient. hvp.py computes the same products exactly
-at a similar cost.
+(at a larger graph and first step in TF 2.21: README, "The finite-difference hypergradient").
 """
 from __future__ import annotations
 
