@@ -2,8 +2,9 @@
 the exact nested-tape hypergradient: at the demo config (configs/demo.flags) in float32 with the
 real ReLU, per arch tensor group cosine >= 0.99 and relative norm error <= 5% (where no
 finite-difference eps gets there: test_finite_difference_accuracy needs a smooth activation);
-and on the tiny real models in float64, ReLU too, to 1e-6, with and without the student
-(fasterseg-like, teacher only). Both are exact, so they differ only by rounding."""
+and in float64, ReLU too, to 1e-6: the tiny real models with the student, the stand-ins
+without it (fasterseg-like, teacher only); under XLA with a bfloat16 student. Both methods are
+exact, so they differ only by rounding."""
 from __future__ import annotations
 
 import dataclasses
