@@ -58,14 +58,15 @@ def make_strategy(search_config):
     return tf.distribute.get_strategy()
 
 
-def make_search_input(config, mode: str, seed: int):
+def make_search_input(config, mode: str, seed: int, splits=None):
     """The zipped training input (dict of the five sources, the smaller ones repeated), the
-    val dataset (whole images) and the steps per epoch (one pass over D_t^tr by default)."""
+    val dataset (whole images) and the steps per epoch (one pass over D_t^tr by default).
+    `splits`: the LBT splits when already listed (`make_splits` lists and checks every file)."""
     from lbt_tf.data.pipeline import make_dataset, make_unlabeled_dataset
     from lbt_tf.data.splits import make_splits
 
     d = config.data
-    splits = make_splits(d, config.seed)
+    splits = splits or make_splits(d, config.seed)
     sources = names.SEARCH_SOURCES if mode != "fasterseg" else names.TEACHER_SOURCES
     if "unlabeled" in sources and len(splits.unlabeled) < d.batch_size:
         raise DataError(f"D_u has {len(splits.unlabeled)} images, fewer than --batch_size="
@@ -220,7 +221,12 @@ def _run_search(config) -> SearchResult:
     mode = state.get("mode", cfg.mode)
     keras.utils.set_random_seed(config.seed)  # before the data: its shuffles use the global seed
     # The data (every file listed and checked) before any model is built or table measured.
-    train, val, steps = make_search_input(config, mode, seed=config.seed)
+    from lbt_tf.data.splits import make_splits
+    splits = make_splits(config.data, config.seed)
+    _, val, steps = make_search_input(config, mode, config.seed, splits)
+    # A new training dataset for every `fit`: each iterator of one dataset object continues
+    # its shuffles' seed generator, so a second `fit` of the same object would see other orders.
+    make_train = lambda: make_search_input(config, mode, config.seed, splits)[0]  # noqa: E731
     os.makedirs(run_dir, exist_ok=True)
     resume = plan.apply()
     strategy = make_strategy(cfg)
@@ -282,7 +288,7 @@ def _run_search(config) -> SearchResult:
                         "(every scalar is also in %s)", os.path.join(run_dir, STATE_FILE))
     if initial_epoch < total_epochs:
         try:
-            _fit(model, train, val, steps, (initial_epoch, initial_step), total_epochs,
+            _fit(model, make_train, val, steps, (initial_epoch, initial_step), total_epochs,
                  callbacks, verbose=2 if cfg.log_every <= 0 else "auto")
         except search_callbacks.DivergenceError as err:
             kept = manager.latest_checkpoint or "none (no epoch finished)"
@@ -309,10 +315,10 @@ def _run_search(config) -> SearchResult:
     return result
 
 
-def _fit(model, train, val, steps, start, total_epochs, callbacks, verbose):
+def _fit(model, make_train, val, steps, start, total_epochs, callbacks, verbose):
     """`fit` from `start` = (epoch, step) to the end. The data where the checkpointed run left
-    it: the pipeline is a function of the seed and the element index (seeded shuffles,
-    stateless augmentation), so skipping the batches already done puts it where the
+    it: a new dataset (`make_train()`) is a function of the seed and the element index (seeded
+    shuffles, stateless augmentation), so skipping the batches already done puts it where the
     uninterrupted run's iterator is. A run stopped mid-epoch first finishes that epoch (a `fit`
     of its remaining steps: same schedule, validation and epoch-end callbacks)."""
     epoch, step = start
@@ -321,11 +327,11 @@ def _fit(model, train, val, steps, start, total_epochs, callbacks, verbose):
                             verbose=verbose)
     if step:
         print(f"search: finishing epoch {epoch + 1} from step {step + 1} of {steps}", flush=True)
-        fit(train.skip(epoch * steps + step), initial_epoch=epoch, epochs=epoch + 1,
+        fit(make_train().skip(epoch * steps + step), initial_epoch=epoch, epochs=epoch + 1,
             steps_per_epoch=steps - step)
         epoch += 1
     if epoch < total_epochs:
-        fit(train.skip(epoch * steps), initial_epoch=epoch, epochs=total_epochs,
+        fit(make_train().skip(epoch * steps), initial_epoch=epoch, epochs=total_epochs,
             steps_per_epoch=steps)
 
 

@@ -147,10 +147,11 @@ def test_resume_after_a_crash_loses_at_most_one_epoch(tmp_path, builders, monkey
 
 def test_resume_mid_epoch_continues_from_the_checkpointed_step(tmp_path, builders, monkeypatch,
                                                                 capsys):
-    """--checkpoint_every_steps=1: a crash after step 1 of epoch 2 loses nothing; the rerun
-    starts at that step (not the epoch's start) and ends as the uninterrupted run."""
-    changes = {"search.epochs": 1, "search.steps_per_epoch": 3,
-               "search.checkpoint_every_steps": 1}
+    """--checkpoint_every_steps=1: a crash after step 1 of epoch 2 (of 3) loses nothing; the
+    rerun starts at that step (not the epoch's start), finishes the epoch, runs epoch 3 (a
+    second `fit`, on a new dataset at the same element) and ends as the uninterrupted run."""
+    changes = {"search.steps_per_epoch": 3, "search.checkpoint_every_steps": 1,
+               "data.synthetic_train_size": 8}  # D_t^tr: 1 batch, reshuffled every step
     reference = runner.run_search(tiny_search_config(tmp_path / "reference", "lpt", **changes))
     config = tiny_search_config(tmp_path / "run", "lpt", **changes)
     original = search_callbacks.PeriodicCheckpoint.on_train_batch_end
@@ -176,8 +177,8 @@ def test_resume_mid_epoch_continues_from_the_checkpointed_step(tmp_path, builder
     resumed = runner.run_search(config)
     out = capsys.readouterr().out
     assert "at epoch 1 step 1" in out and "finishing epoch 2 from step 2 of 3" in out, out
-    assert steps_run == [1, 1]  # the 2 steps left of epoch 2 (the last)
-    assert [h["epoch"] for h in resumed.history] == [1, 2]
+    assert steps_run == [1, 1, 2, 2, 2]  # the 2 steps left of epoch 2, then epoch 3
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
     arch_values = [json.load(open(tmp_path / run / "arch" / "arch_history.json"))[-1]
                    for run in ("run", "reference")]
     assert arch_values[0] == arch_values[1]  # the architecture parameters, bit for bit
