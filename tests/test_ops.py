@@ -21,6 +21,19 @@ def test_resize_align_corners_keeps_corners():
         np.testing.assert_allclose(x[0, i, j].numpy(), y[0, k, l].numpy(), atol=1e-6)
 
 
+@pytest.mark.parametrize("align_corners", [True, False])
+@pytest.mark.parametrize("in_hw,out_hw", [((4, 8), (32, 64)), ((8, 16), (4, 8)), ((5, 7), (9, 3))])
+def test_tf_kernel_resize_equals_the_twice_differentiable_one(in_hw, out_hw, align_corners):
+    """The derived network's resize (TF's kernel) computes what the supernet's einsum does."""
+    x = tf.random.stateless_normal((1, *in_hw, 3), seed=(5, 6))
+    einsum = resize.resize_bilinear(x, out_hw, align_corners)
+    kernel = resize.resize_bilinear(x, out_hw, align_corners, twice_differentiable=False)
+    assert "Einsum" not in str(tf.function(lambda t: resize.resize_bilinear(
+        t, out_hw, align_corners, twice_differentiable=False)).get_concrete_function(x).graph
+        .as_graph_def())
+    np.testing.assert_allclose(kernel.numpy(), einsum.numpy(), atol=1e-5)
+
+
 def test_downsample_labels_nearest_matches_tf():
     labels = tf.random.stateless_uniform((2, 16, 32), seed=(5, 6), maxval=19, dtype=tf.int32)
     ours = resize.downsample_labels_nearest(labels, (2, 4))

@@ -107,7 +107,8 @@ def test_run_search_quality_with_stand_in_stages(tmp_path, monkeypatch):
     monkeypatch.setattr(compare, "retrain_and_evaluate", retrain_and_evaluate)
     monkeypatch.setattr(latency, "table_for_config", lambda cfg: (MacTable(), "table.json"))
     options = search_quality.QualityOptions(methods=("lpt", "lbt"), seeds=(0, 1),
-                                            random_archs=3, random_pool=24)
+                                            random_archs=3, random_pool=24, interleaved_rounds=2,
+                                            stage_processes=False)   # stand-ins patched here
     paths = search_quality.run_search_quality(config, options)
     report = json.load(open(paths["json"]))
     runs = report["runs"]
@@ -123,17 +124,34 @@ def test_run_search_quality_with_stand_in_stages(tmp_path, monkeypatch):
     assert calls[-1] == ("search", "lbt", 0, pytest.approx(1.05 * median_random))
     assert [row["method"] for row in report["stability"]] == ["lpt", "lbt"]
     assert report["stability"][0]["alpha_seed_agreement"] == 0.0   # seeds 0, 1 differ
+    # every network re-timed together: the stand-ins' evaluate timings are kept aside
+    timed = json.load(open(tmp_path / "interleaved_latency.json"))
+    assert len(timed["latency_ms"]) == len({r["arch_path"] for r in runs}) == len(runs)
+    for row in runs:
+        assert row["evaluate_latency_ms"] in (3.0, 3.1)
+        assert row["measured_latency_ms"] == timed["latency_ms"][row["arch_path"]] > 0
     retrains = len([c for c in calls if c[0] == "retrain"])
     search_quality.run_search_quality(config, options)
     assert len([c for c in calls if c[0] == "retrain"]) == retrains   # resumed from files
+    assert json.load(open(tmp_path / "interleaved_latency.json")) == timed   # not re-timed
     # report only: nothing runs, a missing search is left out, the fixed reference is used
     calls.clear()
     os.remove(tmp_path / "lbt" / "seed_1" / "result.json")
     report_only = search_quality.QualityOptions(methods=("lpt", "lbt", "fasterseg"),
                                                 seeds=(0, 1), random_archs=3, random_pool=24,
-                                                report_only=True, reference_ms=reference)
+                                                report_only=True, reference_ms=reference,
+                                                stage_processes=False)
     paths = search_quality.run_search_quality(config, report_only)
     assert [c for c in calls if c[0] == "retrain"] == []
     methods = [r["method"] for r in json.load(open(paths["json"]))["runs"]]
     assert "fasterseg" not in methods and methods.count("random") == 3
     assert methods.count("lbt") == 1 and methods.count("lpt") == 2
+
+
+def test_run_stage_runs_each_stage_in_its_own_process():
+    """A long bench's memory is that of one stage: stages run in fresh child processes."""
+    options = search_quality.QualityOptions()
+    child = search_quality.run_stage(options, os.getpid)
+    assert child != os.getpid() != search_quality.run_stage(options, os.getpid) != child
+    in_process = search_quality.QualityOptions(stage_processes=False)
+    assert search_quality.run_stage(in_process, os.getpid) == os.getpid()

@@ -5,8 +5,8 @@ cells while they agree on op, next scale and width (FasterSeg's branch groups); 
 1/32 and 1/16 outputs are refined up to 1/8 (1x1 "arm" conv, x2 bilinear up, concat with the
 branch's last 1/16 or 1/8 feature, 3x3 conv), the 1/8 features of all branches are fused and
 classified, then upsampled x8 to the input size. Auxiliary heads (training) classify the 1/16
-and 1/32 features, upsampled to the input size. All resizes: `resize_bilinear`
-(align_corners=True as FasterSeg).
+and 1/32 features, upsampled to the input size. All resizes: `operations.deployed_resize`
+(align_corners=True as FasterSeg; TF's kernel: this network is never differentiated twice).
 """
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ import tensorflow as tf
 
 from lbt_tf.config import ConfigError
 from lbt_tf.models.fasterseg.genotype import validate_architecture
-from lbt_tf.models.fasterseg.operations import CellOp, ConvNorm, FeatureFusion, Head, num_filters
+from lbt_tf.models.fasterseg.operations import (CellOp, ConvNorm, FeatureFusion, Head,
+                                                deployed_resize, num_filters)
 from lbt_tf.models.fasterseg.space import OP_NAMES
-from lbt_tf.ops.resize import resize_bilinear
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,7 +186,7 @@ class DerivedNetwork(keras.Model):
         per_branch = []
         for index in range(len(self.plan.branches)):
             per_branch.append(self._run_branch(index, per_branch, stem_out, training))
-        up = lambda t, ref: resize_bilinear(t, ref.shape[1:3], align_corners=True)
+        up = lambda t, ref: deployed_resize(t, ref.shape[1:3])
         pred8, pred16, pred32 = [], [], []
         for branch, outputs in zip(self.plan.branches, per_branch):
             # the branch's last feature map at each scale (the stem for scale 0 if no cell ran)
@@ -208,15 +208,14 @@ class DerivedNetwork(keras.Model):
                 out = last[0]
             pred8.append(out)
         logits = self.head8(self.fusion(tf.concat(pred8, -1), training=training), training=training)
-        result = {"logits": resize_bilinear(logits, self.image_size, align_corners=True)}
+        result = {"logits": deployed_resize(logits, self.image_size)}
         if self.aux_heads:
             aux = []
             if self.head16 is not None:
                 aux.append(self.head16(tf.concat(pred16, -1), training=training))
             if self.head32 is not None:
                 aux.append(self.head32(tf.concat(pred32, -1), training=training))
-            result["aux_logits"] = [resize_bilinear(a, self.image_size, align_corners=True)
-                                    for a in aux]
+            result["aux_logits"] = [deployed_resize(a, self.image_size) for a in aux]
         return result
 
 

@@ -44,11 +44,10 @@ from lbt_tf.models.fasterseg.operations import num_filters
 from lbt_tf.models.fasterseg.genotype import load_architecture
 from lbt_tf.models.fasterseg.space import (OP_TABLE_NAMES, cell_scales, has_down,
                                            next_cell_inputs, searched_widths)
-from lbt_tf.ops.resize import resize_bilinear
 
 _CELL_KINDS = OP_TABLE_NAMES
 COMPAT_MODES = ("faithful", "fasterseg")
-FORMAT = "lbt_tf/latency-table-v2"
+FORMAT = "lbt_tf/latency-table-v3"   # v3: the derived network resizes with TF's kernel
 # Meta fields that must match for a cached table to be re-used.
 REUSE_KEYS = ("format", "device", "runtime", "tensorflow", "height", "width", "batch", "threads")
 _KEY_RE = re.compile(
@@ -113,7 +112,7 @@ class OpSpec:
             return (lambda x: x + 1.0), inputs
         if self.kind == "resize":
             size = (self.height * self.stride, self.width * self.stride)
-            return (lambda x: resize_bilinear(x, size, align_corners=True)), inputs
+            return (lambda x: ops_lib.deployed_resize(x, size)), inputs
         if self.kind == "concat":
             other = tf.random.normal([1, self.height, self.width, self.cout - self.cin], seed=1)
             return (lambda x: tf.concat([x, other], -1)), inputs

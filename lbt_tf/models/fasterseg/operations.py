@@ -8,8 +8,10 @@ Operator order is FasterSeg's (search/operations.py, genotypes.PRIMITIVES):
   2 conv_downup     bilinear 1/2 down, 3x3 conv-BN, bilinear up (stride 1 only), ReLU
   3 conv_2x         two 3x3 conv-BN-ReLU
   4 conv_2x_downup  down, conv-BN-ReLU, conv-BN, up (stride 1 only), ReLU
-Every resize goes through `resize_bilinear` (twice differentiable) with FasterSeg's
-align_corners=True. Half of a feature map is max(1, size // 2), so a 1x2 map at 1/32 of a 32x64
+Every resize is bilinear with FasterSeg's align_corners=True: the supernet's through
+`resize_bilinear` (twice differentiable, for the unrolled hypergradient), the derived network's
+(`CellOp`, derived.py) through `deployed_resize` (TF's kernel: trained first-order, deployed).
+Half of a feature map is max(1, size // 2), so a 1x2 map at 1/32 of a 32x64
 input still works (FasterSeg would fail there).
 """
 from __future__ import annotations
@@ -32,6 +34,13 @@ def num_filters(base_width: int, scale: int, width: float = 1.0) -> int:
 
 def half_size(height: int, width: int):
     return max(1, height // 2), max(1, width // 2)
+
+
+def deployed_resize(x, size):
+    """The derived network's bilinear resize (align_corners=True) with TF's own kernel: that
+    network is trained first-order and deployed, and the second-order-safe einsum form costs
+    far more (561 ms vs a few ms for the final x8 upsampling at 512x1024)."""
+    return resize_bilinear(x, size, align_corners=True, twice_differentiable=False)
 
 
 def _conv(filters, kernel_size, strides=1, use_bias=False, name=None):
@@ -110,12 +119,12 @@ class CellOp(keras.layers.Layer):
             return tf.nn.relu(self.bn(out, training=training))
         downup = self.op_index in (2, 4)
         if downup:
-            x = resize_bilinear(x, half_size(height, width), align_corners=True)
+            x = deployed_resize(x, half_size(height, width))
         out = self.bn1(self.conv1(x), training=training)
         if self.op_index in (3, 4):
             out = self.bn2(self.conv2(tf.nn.relu(out)), training=training)
         if downup and self.strides == 1:
-            out = resize_bilinear(out, (height, width), align_corners=True)
+            out = deployed_resize(out, (height, width))
         return tf.nn.relu(out)
 
 
