@@ -10,8 +10,8 @@ is found by the listing, not at the first training step after the models are bui
 for a Cityscapes-sized train+val (3475 pairs, 2048x1024 labels): ~11 ms per label file and
 core, i.e. ~20 s on 2 idle cores, ~3 s on 16 (measured: 50-100 s on a shared 2-core machine
 at load 5-12, against 0.4 s for headers only); a search runs for days. `validate="full"` also
-decodes every image. The input pipeline checks label ids again at decode time (for `validate="none"`).
-Every problem is a `DataError` naming the file or directory.
+decodes every image. The input pipeline checks label ids again at decode time (for
+`validate="none"`). Every problem is a `DataError` naming the file or directory.
 """
 from __future__ import annotations
 
