@@ -103,7 +103,8 @@ def main(argv):
     d, tc = config.data, config.teacher
     sizes = flags.FLAGS.bench_sizes or [f"{d.image_height}x{d.image_width}", "256x512"]
     networks = sample_architectures(tc, flags.FLAGS.bench_networks, config.seed)
-    print(f"{len(networks)} networks, layers={tc.layers} F={tc.base_width}, TF intra-op threads "
+    print(f"{len(networks)} networks, layers={tc.layers} F={tc.base_width}, "
+          f"--latency_clock={tc.latency_clock}, TF intra-op threads "
           f"{flags.FLAGS.bench_tf_threads}, TFLite threads {timing.num_threads()}, load average "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at start")
     results = {}
@@ -126,7 +127,8 @@ def main(argv):
                                                 base_width, aux_heads=False)
                 runners.append(latency.network_runner(network, height, width, runtime))
             table.save()
-            measured = timing.interleaved_medians(runners, flags.FLAGS.bench_runs)
+            measured = timing.interleaved_medians(runners, flags.FLAGS.bench_runs,
+                                                  clock=table.meta["clock"])
             for (name, _, _), p, m in zip(networks, predicted, measured):
                 print(f"  {runtime} {size} {name}: predicted {p:.3f} ms, measured {m:.3f} ms")
             row = {"predicted": predicted, "measured": measured,

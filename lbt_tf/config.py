@@ -78,6 +78,7 @@ class TeacherConfig:
     reference_latency_table: Optional[str] = None  # FasterSeg's 1080Ti table, for comparison
     latency_runtime: str = "tf"           # tf | xla | tflite: how this device's table is timed
     latency_compat: str = "faithful"      # faithful | fasterseg (its conv_2x_downup key slip)
+    latency_clock: str = "wall"           # wall | cpu (process CPU time: robust on a shared CPU)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -293,6 +294,8 @@ def validate(config: Config) -> Config:
     if config.teacher.latency_runtime not in ("tf", "xla", "tflite"):
         raise ConfigError(f"--latency_runtime={config.teacher.latency_runtime!r}: expected tf, "
                           "xla or tflite")
+    if config.teacher.latency_clock not in ("wall", "cpu"):
+        raise ConfigError(f"--latency_clock={config.teacher.latency_clock!r}: expected wall or cpu")
     if config.teacher.latency_compat not in ("faithful", "fasterseg"):
         raise ConfigError(f"--latency_compat={config.teacher.latency_compat!r}: expected "
                           "faithful or fasterseg")

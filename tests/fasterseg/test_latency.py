@@ -157,7 +157,7 @@ def test_table_round_trip_and_reuse_key(tmp_path, monkeypatch):
                             "run_dir": str(tmp_path)})
     timed = []
 
-    def fake_time(spec, runtime, runs, warmup, overhead_ms):
+    def fake_time(spec, runtime, runs, warmup, overhead_ms, clock="wall"):
         timed.append((spec.key, runtime))
         return 0.5 if spec.kind == "overhead" else 1.0 + spec.cin / 100 - overhead_ms
     monkeypatch.setattr(latency_lib, "time_spec", fake_time)
@@ -221,7 +221,7 @@ def test_entry_timed_in_a_busy_spell_is_retimed(monkeypatch):
     specs = [OpSpec("ConvNorm", 8, 16, c, c, 1, 1) for c in (8, 16, 24, 32, 40)]
     spell = {specs[2].key: 1}   # its first timing falls in a busy spell
 
-    def fake_time(spec, runtime, runs, warmup, overhead_ms):
+    def fake_time(spec, runtime, runs, warmup, overhead_ms, clock="wall"):
         if spec.kind == "overhead":
             return 0.0
         slow = spell.pop(spec.key, 0)

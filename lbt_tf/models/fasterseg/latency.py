@@ -49,7 +49,8 @@ _CELL_KINDS = OP_TABLE_NAMES
 COMPAT_MODES = ("faithful", "fasterseg")
 FORMAT = "lbt_tf/latency-table-v3"   # v3: the derived network resizes with TF's kernel
 # Meta fields that must match for a cached table to be re-used.
-REUSE_KEYS = ("format", "device", "runtime", "tensorflow", "height", "width", "batch", "threads")
+REUSE_KEYS = ("format", "device", "runtime", "clock", "tensorflow", "height", "width", "batch",
+              "threads")
 _KEY_RE = re.compile(
     r"^(?P<kind>[A-Za-z_0-9]+?)_H(?P<h>\d+)_W(?P<w>\d+)_C(?:in)?(?P<cin>\d+)"
     r"(?:_Cout(?P<cout>\d+))?(?:_kernel(?P<kernel>\d+))?(?:_stride(?P<stride>\d+))?"
@@ -149,18 +150,23 @@ def device_name() -> str:
 
 
 def time_spec(spec: OpSpec, runtime: str = "tf", runs: int = 5, warmup: int = 2,
-              overhead_ms: float = 0.0) -> float:
-    """Median ms of one batch-1 call of the configuration compiled for `runtime`, less the
-    per-call `overhead_ms` (counted once per network instead)."""
+              overhead_ms: float = 0.0, clock: str = "wall") -> float:
+    """Median ms (`clock`) of one batch-1 call of the configuration compiled for `runtime`,
+    less the per-call `overhead_ms` (counted once per network instead)."""
     if spec.kind == "FactorizedReduce" and spec.stride == 1:
         return 0.0   # identity in the derived network (FasterSeg measures an identity, too)
     fn, inputs = spec.timed_function()
-    ms = timing.time_callable(timing.compile_for(runtime, fn, inputs), runs, warmup)
+    ms = timing.time_callable(timing.compile_for(runtime, fn, inputs), runs, warmup, clock=clock)
     return max(0.0, ms - overhead_ms)
 
 
-def this_device_meta(runtime: str, height: int, width: int, runs: int, warmup: int) -> dict:
-    return {"format": FORMAT, "device": device_name(), "runtime": runtime,
+def this_device_meta(runtime: str, height: int, width: int, runs: int, warmup: int,
+                     clock: str = "wall") -> dict:
+    timing.clock_for(clock)
+    if clock == "cpu" and tf.config.list_physical_devices("GPU"):
+        raise ConfigError("--latency_clock=cpu counts CPU time only; time a GPU with "
+                          "--latency_clock=wall")
+    return {"format": FORMAT, "device": device_name(), "runtime": runtime, "clock": clock,
             "tensorflow": tf.__version__, "height": height, "width": width, "batch": 1,
             # TF's intra-op threads (0: TF's default, every core)
             "threads": (timing.num_threads() if runtime == "tflite"
@@ -220,7 +226,8 @@ class LatencyTable:
         """This device's ms for spec, less the per-call overhead (counted once per network)."""
         runs, warmup = int(self.meta.get("runs", 5)), int(self.meta.get("warmup", 2))
         overhead = 0.0 if spec.kind == "overhead" else self.get(OVERHEAD)
-        return time_spec(spec, self.meta["runtime"], runs, warmup, overhead)
+        return time_spec(spec, self.meta["runtime"], runs, warmup, overhead,
+                         clock=self.meta.get("clock", "wall"))
 
     def ensure(self, specs, progress_every: int = 25) -> int:
         """Measures every spec not yet in the table, printing progress; returns how many."""
@@ -446,9 +453,10 @@ def network_runner(network, height, width, runtime):
     return timing.compile_for(runtime, fn, images)
 
 
-def measure_network(network, height, width, runtime, runs=10, warmup=3) -> float:
-    """Median ms of the whole derived network at batch 1, in the table's runtime."""
-    return timing.time_callable(network_runner(network, height, width, runtime), runs, warmup)
+def measure_network(network, height, width, runtime, runs=10, warmup=3, clock="wall") -> float:
+    """Median ms of the whole derived network at batch 1, in the table's runtime and clock."""
+    return timing.time_callable(network_runner(network, height, width, runtime), runs, warmup,
+                                clock=clock)
 
 
 # ---------------------------------------------------------------------------------- config
@@ -468,7 +476,8 @@ def table_for_config(config, measure=True, runs=5, warmup=2):
     """
     d, tc = config.data, config.teacher
     path = default_table_path(config)
-    meta = this_device_meta(tc.latency_runtime, d.image_height, d.image_width, runs, warmup)
+    meta = this_device_meta(tc.latency_runtime, d.image_height, d.image_width, runs, warmup,
+                            tc.latency_clock)
     table = None
     if os.path.exists(path):
         table = LatencyTable.load(path, compat=tc.latency_compat, measure_missing=True)
@@ -518,8 +527,9 @@ def run_measure_latency(config):
                                             aux_heads=False)
             measured = measure_network(network, d.image_height, d.image_width,
                                        table.meta["runtime"], config.eval.latency_runs,
-                                       config.eval.latency_warmup)
-            print(f"{config.train.arch}: measured {measured:.3f} ms ({table.meta['runtime']})")
+                                       config.eval.latency_warmup, table.meta.get("clock", "wall"))
+            print(f"{config.train.arch}: measured {measured:.3f} ms ({table.meta['runtime']}, "
+                  f"{table.meta.get('clock', 'wall')} clock)")
         if table.own:
             table.save()   # keeps entries timed on demand for this network
     print(path)
