@@ -119,32 +119,45 @@ def main(argv):
             table.ensure([spec for _, arch, base_width in networks for group in
                           latency.derived_specs(arch, d.num_classes, height, width, base_width,
                                                 table.has_glue).values() for spec in group])
-            predicted, runners = [], []
+            if tc.latency_calibration_networks and "calibration" not in table.meta:
+                # its networks come from sampling.py's generator, not this bench's: held out
+                latency.calibrate(table, tc, d.num_classes, height, width,
+                                  tc.latency_calibration_networks, config.seed)
+            fit = table.meta.get("calibration")
+            predicted, sums, runners = [], [], []
             for name, arch, base_width in networks:
-                predicted.append(latency.derived_latency(arch, table, d.num_classes, height,
-                                                         width, base_width)["total"])
+                estimate = latency.derived_latency(arch, table, d.num_classes, height, width,
+                                                   base_width)
+                predicted.append(estimate["total"])
+                sums.append(estimate["table_sum"])
                 network = build_derived_network(arch, d.num_classes, (height, width, 3),
                                                 base_width, aux_heads=False)
                 runners.append(latency.network_runner(network, height, width, runtime))
             table.save()
             measured = timing.interleaved_medians(runners, flags.FLAGS.bench_runs,
                                                   clock=table.meta["clock"])
-            for (name, _, _), p, m in zip(networks, predicted, measured):
-                print(f"  {runtime} {size} {name}: predicted {p:.3f} ms, measured {m:.3f} ms")
+            for (name, _, _), p, q, m in zip(networks, predicted, sums, measured):
+                print(f"  {runtime} {size} {name}: predicted {p:.3f} ms (table sum {q:.3f}), "
+                      f"measured {m:.3f} ms")
             row = {"predicted": predicted, "measured": measured,
-                   "stats": rank_statistics(predicted, measured)}
+                   "stats": rank_statistics(predicted, measured),
+                   "sum_stats": rank_statistics(sums, measured)}
             results[(runtime, size)] = row
-            s = row["stats"]
+            s, raw = row["stats"], row["sum_stats"]
+            if fit:
+                print(f"{runtime} {size}: calibration on {fit['networks']} other networks: "
+                      f"{fit['offset_ms']:.3f} ms + {fit['scale']:.3f} x table sum; the sum "
+                      f"alone: median error {100 * raw['median_error']:.1f}%")
             print(f"{runtime} {size}: Spearman rho {s['rho']:.3f}, Kendall tau {s['tau']:.3f}, "
                   f"|pred/meas - 1| median {100 * s['median_error']:.1f}% max "
                   f"{100 * s['max_error']:.1f}%, measured {min(measured):.2f}-{max(measured):.2f} ms "
                   f"({time.perf_counter() - start:.0f} s; table {path})", flush=True)
     plot(results, flags.FLAGS.bench_plot)
-    print("\nruntime size       rho    tau    median|err|  max|err|")
+    print("\nruntime size       rho    tau    median|err|  max|err|  (table sum alone: median|err|)")
     for (runtime, size), row in results.items():
         s = row["stats"]
         print(f"{runtime:<7} {size:<10} {s['rho']:.3f}  {s['tau']:.3f}  {100 * s['median_error']:9.1f}%  "
-              f"{100 * s['max_error']:7.1f}%")
+              f"{100 * s['max_error']:7.1f}%  ({100 * row['sum_stats']['median_error']:.1f}%)")
     print(f"plot: {flags.FLAGS.bench_plot}; load average {os.getloadavg()[0]:.1f} at the end")
 
 

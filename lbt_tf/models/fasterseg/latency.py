@@ -38,7 +38,7 @@ import tensorflow as tf
 
 from lbt_tf.config import ConfigError
 from lbt_tf.errors import LbtError
-from lbt_tf.models.fasterseg import operations as ops_lib, timing
+from lbt_tf.models.fasterseg import operations as ops_lib, sampling, timing
 from lbt_tf.models.fasterseg.derived import build_derived_network, network_plan
 from lbt_tf.models.fasterseg.operations import num_filters
 from lbt_tf.models.fasterseg.genotype import load_architecture
@@ -149,15 +149,23 @@ def device_name() -> str:
     return f"CPU:{model}:{os.cpu_count()} cores"
 
 
-def time_spec(spec: OpSpec, runtime: str = "tf", runs: int = 5, warmup: int = 2,
-              overhead_ms: float = 0.0, clock: str = "wall") -> float:
-    """Median ms (`clock`) of one batch-1 call of the configuration compiled for `runtime`,
-    less the per-call `overhead_ms` (counted once per network instead)."""
-    if spec.kind == "FactorizedReduce" and spec.stride == 1:
-        return 0.0   # identity in the derived network (FasterSeg measures an identity, too)
-    fn, inputs = spec.timed_function()
-    ms = timing.time_callable(timing.compile_for(runtime, fn, inputs), runs, warmup, clock=clock)
-    return max(0.0, ms - overhead_ms)
+def time_specs(specs, runtime: str = "tf", runs: int = 5, warmup: int = 2,
+               clock: str = "wall") -> list:
+    """Median ms (`clock`) of one batch-1 call of each configuration compiled for `runtime`,
+    less the per-call overhead timed in the same rounds (counted once per network instead; for
+    OVERHEAD itself: that overhead). Timed round-robin, every entry until its calls add up to
+    50 ms (at most 200 rounds): on the loaded 2-core machine a busy spell slows even CPU time
+    (caches, memory bandwidth), and two tables timed entry after entry one after the other gave
+    26 demo-size networks totals 25% apart, ranked alike with rho 0.46 only."""
+    timed = [s for s in specs if s.kind != "overhead" and not
+             (s.kind == "FactorizedReduce" and s.stride == 1)]
+    runners = [timing.compile_for(runtime, *spec.timed_function()) for spec in timed]
+    runners.append(timing.compile_for(runtime, *OVERHEAD.timed_function()))
+    medians = timing.interleaved_medians(runners, runs, warmup, clock, min_total_ms=50.0)
+    overhead = medians[-1]
+    measured = {spec: max(0.0, ms - overhead) for spec, ms in zip(timed, medians)}
+    # a stride-1 skip is the identity in the derived network (FasterSeg measures one, too)
+    return [overhead if s.kind == "overhead" else measured.get(s, 0.0) for s in specs]
 
 
 def this_device_meta(runtime: str, height: int, width: int, runs: int, warmup: int,
@@ -203,6 +211,13 @@ class LatencyTable:
         """Whether sums include overhead, resizes and concats (tables timed by lbt_tf)."""
         return self.own or OVERHEAD.key in self.entries
 
+    def calibrated(self, table_sum_ms: float) -> float:
+        """A derived network's predicted ms from its sum of entries: offset + scale * sum with
+        this table's calibration (`calibrate`), the sum itself without one (other devices'
+        tables, FasterSeg's)."""
+        fit = self.meta.get("calibration")
+        return float(fit["offset_ms"] + fit["scale"] * table_sum_ms) if fit else table_sum_ms
+
     def key(self, spec) -> str:
         spec = spec if isinstance(spec, OpSpec) else OpSpec.from_key(spec)
         if self.compat == "fasterseg" and spec.kind == "BasicResidual_downup_2x":
@@ -224,25 +239,46 @@ class LatencyTable:
 
     def measure(self, spec: OpSpec) -> float:
         """This device's ms for spec, less the per-call overhead (counted once per network)."""
-        runs, warmup = int(self.meta.get("runs", 5)), int(self.meta.get("warmup", 2))
-        overhead = 0.0 if spec.kind == "overhead" else self.get(OVERHEAD)
-        return time_spec(spec, self.meta["runtime"], runs, warmup, overhead,
-                         clock=self.meta.get("clock", "wall"))
+        return self.measure_many([spec])[0]
 
-    def ensure(self, specs, progress_every: int = 25) -> int:
-        """Measures every spec not yet in the table, printing progress; returns how many."""
+    def measure_many(self, specs) -> list:
+        runs, warmup = int(self.meta.get("runs", 5)), int(self.meta.get("warmup", 2))
+        return time_specs(specs, self.meta["runtime"], runs, warmup,
+                          self.meta.get("clock", "wall"))
+
+    def ensure(self, specs, progress_every: int = 25, chunk: int = 64) -> int:
+        """Measures every spec not yet in the table, round-robin in chunks of `chunk` (a chunk's
+        compiled functions or interpreters are held at once), printing progress; returns how
+        many. One spec (the anchor) is timed again in every later chunk and that chunk's entries
+        are scaled by its ratio, so a busy spell during one chunk does not make all its entries
+        dearer than the others'."""
         missing = sorted({OpSpec.from_key(self.key(s)) for s in specs} - {OVERHEAD},
                          key=lambda s: s.key)
         missing = [s for s in missing if s.key not in self.entries]
-        start = time.perf_counter()
-        for n, spec in enumerate(missing):
-            self.get(spec)
-            if progress_every and ((n + 1) % progress_every == 0 or n + 1 == len(missing)):
+        if OVERHEAD.key not in self.entries:
+            missing.append(OVERHEAD)
+        anchor = next((s for s in missing if s.kind in _CELL_KINDS[1:]), missing[0] if missing else None)
+        start, anchor_ms = time.perf_counter(), None
+        for first in range(0, len(missing), chunk):
+            part = missing[first:first + chunk]
+            if anchor not in part:
+                part = [anchor] + part
+            timed = dict(zip(part, self.measure_many(part)))
+            scale = 1.0
+            if anchor_ms is None:
+                anchor_ms = timed[anchor]
+            elif timed[anchor] > 0 and anchor_ms > 0:
+                scale = anchor_ms / timed[anchor]
+            for spec, ms in timed.items():
+                if spec.key not in self.entries:
+                    self.entries[spec.key] = ms if spec.kind == "overhead" else ms * scale
+            done = min(first + chunk, len(missing))
+            if progress_every:
                 elapsed = time.perf_counter() - start
-                print(f"latency table ({self.meta.get('runtime')}): measured {n + 1}/"
+                print(f"latency table ({self.meta.get('runtime')}): measured {done}/"
                       f"{len(missing)} in {elapsed:.0f} s, about "
-                      f"{elapsed / (n + 1) * (len(missing) - n - 1):.0f} s left", flush=True)
-        self.retime_outliers(missing)
+                      f"{elapsed / done * (len(missing) - done):.0f} s left", flush=True)
+        self.retime_outliers([s for s in missing if s.kind != "overhead"])
         return len(missing)
 
     def retime_outliers(self, specs, factor: float = 5.0):
@@ -438,12 +474,54 @@ def derived_specs(arch, num_classes, height, width, base_width=None, glue=True):
 
 
 def derived_latency(arch, table, num_classes, height, width, base_width=None):
-    """Table-predicted latency (ms) of a derived network: {"total": ms, <group>: ms, ...}.
-    The one prediction of a found network (describe_arch, measure_latency, the search)."""
+    """Table-predicted latency (ms) of a derived network: {"total": ms, "table_sum": ms,
+    <group>: ms, ...}; total is the table's calibration applied to the sum of its entries
+    (`LatencyTable.calibrated`). The one prediction of a found network (describe_arch,
+    measure_latency, the search's log and report)."""
     groups = derived_specs(arch, num_classes, height, width, base_width, table.has_glue)
     result = {name: float(sum(table.get(s) for s in specs)) for name, specs in groups.items()}
-    result["total"] = float(sum(result.values()))
+    result["table_sum"] = float(sum(result.values()))
+    result["total"] = table.calibrated(result["table_sum"])
     return result
+
+
+def measure_networks(archs, num_classes, height, width, runtime, clock="wall", runs=10,
+                     warmup=3):
+    """Median ms of each whole derived network (no aux heads), timed round-robin."""
+    runners = [network_runner(build_derived_network(arch, num_classes, (height, width, 3),
+                                                    aux_heads=False), height, width, runtime)
+               for arch in archs]
+    return timing.interleaved_medians(runners, runs, warmup, clock)
+
+
+def calibrate(table, teacher_config, num_classes, height, width, count=8, seed=0):
+    """Fits whole-network ms = offset + scale * table sum on `count` random derived networks of
+    the configured space, timed in the table's runtime and clock right after its entries, and
+    stores it in the table's meta ("calibration"). Why a fit: ops timed one per call are not
+    what they cost inside a network (measured on the 2-core machine: TFLite networks at 64x128
+    ran 1.6x their op sum, TF at 256x512 0.9x, the TF executor's per-call work is shared by
+    the ops of one call), but the error is nearly affine in the sum (held-out networks: median
+    error 41% -> 5% for TFLite at 64x128), so one fit per device, runtime, size and clock keeps
+    the sum's ranking and gives it the networks' scale."""
+    if count < 3:
+        raise ConfigError(f"--latency_calibration_networks={count}: need 0 (off) or >= 3")
+    archs = sampling.sample_architectures(teacher_config, count, seed)
+    table.ensure([s for arch in archs for group in derived_specs(
+        arch, num_classes, height, width, glue=table.has_glue).values() for s in group])
+    sums = [derived_latency(a, table, num_classes, height, width)["table_sum"] for a in archs]
+    measured = measure_networks(archs, num_classes, height, width, table.meta["runtime"],
+                                table.meta.get("clock", "wall"),
+                                max(10, int(table.meta.get("runs", 5))))
+    scale, offset = np.polyfit(sums, measured, 1)
+    if scale <= 0:
+        raise LbtError(f"latency table {table.path}: calibration networks' measured latencies "
+                       f"{np.round(measured, 3).tolist()} do not grow with their table sums "
+                       f"{np.round(sums, 3).tolist()}; the machine was too busy to time them")
+    table.meta["calibration"] = {"offset_ms": float(offset), "scale": float(scale),
+                                 "networks": count, "seed": seed,
+                                 "table_sum_ms": [float(v) for v in sums],
+                                 "measured_ms": [float(v) for v in measured]}
+    return table.meta["calibration"]
 
 
 def network_runner(network, height, width, runtime):
@@ -490,7 +568,15 @@ def table_for_config(config, measure=True, runs=5, warmup=2):
             table = None
     if table is None:
         table = LatencyTable({}, meta, path, tc.latency_compat, measure_missing=True)
-    if measure and table.ensure(supernet_specs(tc, d.image_height, d.image_width, d.num_classes)):
+    changed = measure and table.ensure(supernet_specs(tc, d.image_height, d.image_width,
+                                                      d.num_classes))
+    if measure and tc.latency_calibration_networks and "calibration" not in table.meta:
+        fit = calibrate(table, tc, d.num_classes, d.image_height, d.image_width,
+                        tc.latency_calibration_networks, config.seed)
+        print(f"latency table: calibrated on {fit['networks']} networks: measured = "
+              f"{fit['offset_ms']:.3f} ms + {fit['scale']:.3f} x table sum", flush=True)
+        changed = True
+    if changed:
         table.save()
     return table, path
 

@@ -101,15 +101,18 @@ def time_callable(run, runs: int = 5, warmup: int = 2, min_total_ms: float = 50.
     return float(np.median(timings))
 
 
-def interleaved_medians(runners, runs: int = 10, warmup: int = 3, clock: str = "wall"):
+def interleaved_medians(runners, runs: int = 10, warmup: int = 3, clock: str = "wall",
+                        min_total_ms: float = 0.0, max_runs: int = 200):
     """Median ms per zero-argument runner, timed round-robin (one call each per round), so a
-    busy spell of a shared machine slows every runner alike instead of a few."""
+    busy spell of a shared machine slows every runner alike instead of a few. At least `runs`
+    rounds, more (up to `max_runs`) until every runner's calls add up to `min_total_ms`."""
     for run in runners:
         for _ in range(max(1, warmup)):
             run()
     now = clock_for(clock)
     timings = [[] for _ in runners]
-    for _ in range(max(1, runs)):
+    while len(timings[0]) < max(1, runs) or (
+            min(sum(t) for t in timings) < min_total_ms and len(timings[0]) < max_runs):
         for run, times in zip(runners, timings):
             start = now()
             run()
