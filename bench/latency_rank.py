@@ -1,16 +1,20 @@
 """Does the latency table rank real networks? Predicted vs measured latency of derived networks.
 
   flock /tmp/heavy.lock python bench/latency_rank.py --flagfile=configs/demo.flags \
-      [--bench_networks=24] [--bench_sizes=64x128,256x512] [--bench_runtimes=tf,tflite]
+      --latency_clock=cpu [--bench_networks=24] [--bench_sizes=64x128,256x512] \
+      [--bench_runtimes=tf,tflite] [--latency_calibration_networks=8]
 
 Samples --bench_networks derived networks across the configured search space (random arch
 parameters with a per-network bias on operators and widths, so that cheap and expensive ones
 both appear; both branch pairs 8+32 and 16+32, so all three branches) plus FasterSeg's
-arch_0/arch_1 shapes at the configured base width. For every runtime and size it predicts each
-network from this device's table (`derived_latency`, timed in that runtime, entries timed on
-first use and cached) and times the whole network in the same runtime (`measure_network`),
-then prints Spearman's rho, Kendall's tau and the median / max |predicted / measured - 1|, and
-draws all pairs in --bench_plot.
+arch_0/arch_1 shapes at the configured base width. For every runtime and size it times this
+device's table for them (`LatencyTable.ensure`: compiled in that runtime, round-robin), times
+the whole networks in the same runtime and clock, together and round-robin with the table's
+calibration networks (`latency.calibration_architectures`: another generator, so held out),
+fits the calibration on those, then prints for the ranked networks Spearman's rho, Kendall's
+tau and the median / max |predicted / measured - 1| of the prediction (`derived_latency`:
+calibrated table sum) and the median error of the plain table sum, and draws all pairs in
+--bench_plot. On a shared machine use --latency_clock=cpu (see timing.py).
 """
 import os
 import time
@@ -116,26 +120,38 @@ def main(argv):
                                                   "teacher.latency_runtime": runtime})
             table, path = latency.table_for_config(sized, measure=False)
             start = time.perf_counter()
-            table.ensure([spec for _, arch, base_width in networks for group in
-                          latency.derived_specs(arch, d.num_classes, height, width, base_width,
-                                                table.has_glue).values() for spec in group])
-            if tc.latency_calibration_networks and "calibration" not in table.meta:
-                # its networks come from sampling.py's generator, not this bench's: held out
-                latency.calibrate(table, tc, d.num_classes, height, width,
-                                  tc.latency_calibration_networks, config.seed)
+            calibration = (latency.calibration_architectures(tc, tc.latency_calibration_networks,
+                                                             config.seed)
+                           if tc.latency_calibration_networks else [])
+            table.ensure([spec for arch, base_width in
+                          [(a, b) for _, a, b in networks] + [(a, None) for a in calibration]
+                          for group in latency.derived_specs(arch, d.num_classes, height, width,
+                                                             base_width, table.has_glue).values()
+                          for spec in group])
+            runners = []
+            for arch, base_width in [(a, b) for _, a, b in networks] + [(a, None) for a in calibration]:
+                network = build_derived_network(arch, d.num_classes, (height, width, 3),
+                                                base_width, aux_heads=False)
+                runners.append(latency.network_runner(network, height, width, runtime))
+            # the calibration networks (sampling.py's generator, not this bench's: held out) are
+            # timed in the same rounds as the networks ranked, so a busy phase of the shared
+            # machine between calibration and test does not enter the comparison
+            timed = timing.interleaved_medians(runners, flags.FLAGS.bench_runs,
+                                               clock=table.meta["clock"])
+            measured = timed[:len(networks)]
+            table.meta.pop("calibration", None)
+            if calibration:
+                latency.fit_calibration(table, [latency.derived_latency(
+                    a, table, d.num_classes, height, width)["table_sum"] for a in calibration],
+                    timed[len(networks):], config.seed)
             fit = table.meta.get("calibration")
-            predicted, sums, runners = [], [], []
+            predicted, sums = [], []
             for name, arch, base_width in networks:
                 estimate = latency.derived_latency(arch, table, d.num_classes, height, width,
                                                    base_width)
                 predicted.append(estimate["total"])
                 sums.append(estimate["table_sum"])
-                network = build_derived_network(arch, d.num_classes, (height, width, 3),
-                                                base_width, aux_heads=False)
-                runners.append(latency.network_runner(network, height, width, runtime))
             table.save()
-            measured = timing.interleaved_medians(runners, flags.FLAGS.bench_runs,
-                                                  clock=table.meta["clock"])
             for (name, _, _), p, q, m in zip(networks, predicted, sums, measured):
                 print(f"  {runtime} {size} {name}: predicted {p:.3f} ms (table sum {q:.3f}), "
                       f"measured {m:.3f} ms")

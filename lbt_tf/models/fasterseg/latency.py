@@ -154,14 +154,15 @@ def time_specs(specs, runtime: str = "tf", runs: int = 5, warmup: int = 2,
     """Median ms (`clock`) of one batch-1 call of each configuration compiled for `runtime`,
     less the per-call overhead timed in the same rounds (counted once per network instead; for
     OVERHEAD itself: that overhead). Timed round-robin, every entry until its calls add up to
-    50 ms (at most 200 rounds): on the loaded 2-core machine a busy spell slows even CPU time
+    50 ms (at most 1000 rounds): on the loaded 2-core machine a busy spell slows even CPU time
     (caches, memory bandwidth), and two tables timed entry after entry one after the other gave
     26 demo-size networks totals 25% apart, ranked alike with rho 0.46 only."""
     timed = [s for s in specs if s.kind != "overhead" and not
              (s.kind == "FactorizedReduce" and s.stride == 1)]
     runners = [timing.compile_for(runtime, *spec.timed_function()) for spec in timed]
     runners.append(timing.compile_for(runtime, *OVERHEAD.timed_function()))
-    medians = timing.interleaved_medians(runners, runs, warmup, clock, min_total_ms=50.0)
+    medians = timing.interleaved_medians(runners, runs, warmup, clock, min_total_ms=50.0,
+                                         max_runs=1000)
     overhead = medians[-1]
     measured = {spec: max(0.0, ms - overhead) for spec, ms in zip(timed, medians)}
     # a stride-1 skip is the identity in the derived network (FasterSeg measures one, too)
@@ -281,7 +282,7 @@ class LatencyTable:
         self.retime_outliers([s for s in missing if s.kind != "overhead"])
         return len(missing)
 
-    def retime_outliers(self, specs, factor: float = 5.0):
+    def retime_outliers(self, specs, factor: float = 20.0):
         """Times again, keeping the smaller, every entry over `factor` x the median ms per unit
         of work of its kind: on a shared machine a busy spell can cover a whole timing window
         (seen: a 0.09 ms 1x1 conv stored as 144 ms)."""
@@ -494,34 +495,43 @@ def measure_networks(archs, num_classes, height, width, runtime, clock="wall", r
     return timing.interleaved_medians(runners, runs, warmup, clock)
 
 
-def calibrate(table, teacher_config, num_classes, height, width, count=8, seed=0):
-    """Fits whole-network ms = offset + scale * table sum on `count` random derived networks of
-    the configured space, timed in the table's runtime and clock right after its entries, and
-    stores it in the table's meta ("calibration"). Why a fit: ops timed one per call are not
-    what they cost inside a network (measured on the 2-core machine: TFLite networks at 64x128
-    ran 1.6x their op sum, TF at 256x512 0.9x, the TF executor's per-call work is shared by
-    the ops of one call), but the error is nearly affine in the sum (held-out networks: median
-    error 41% -> 5% for TFLite at 64x128), so one fit per device, runtime, size and clock keeps
-    the sum's ranking and gives it the networks' scale."""
+def calibration_architectures(teacher_config, count, seed):
+    """The random derived networks a table's calibration is fitted on (sampling.py's)."""
     if count < 3:
         raise ConfigError(f"--latency_calibration_networks={count}: need 0 (off) or >= 3")
-    archs = sampling.sample_architectures(teacher_config, count, seed)
+    return sampling.sample_architectures(teacher_config, count, seed)
+
+
+def fit_calibration(table, table_sums, measured, seed=0):
+    """Fits whole-network ms = offset + scale * table sum and stores it in the table's meta
+    ("calibration", with the points). Why a fit: ops timed one per call are not what they cost
+    inside a network (on the 2-core machine TFLite networks at 64x128 ran 1.6x their op sum, TF
+    at 256x512 0.9x: the per-call work of a runtime is shared by the ops of one call, caches
+    differ), but the difference is nearly affine in the sum, so one fit per device, runtime,
+    size and clock keeps the sum's ranking and gives it the networks' scale."""
+    scale, offset = np.polyfit(table_sums, measured, 1)
+    if scale <= 0:
+        raise LbtError(f"latency table {table.path}: calibration networks' measured latencies "
+                       f"{np.round(measured, 3).tolist()} do not grow with their table sums "
+                       f"{np.round(table_sums, 3).tolist()}; the machine was too busy to time them")
+    table.meta["calibration"] = {"offset_ms": float(offset), "scale": float(scale),
+                                 "networks": len(measured), "seed": seed,
+                                 "table_sum_ms": [float(v) for v in table_sums],
+                                 "measured_ms": [float(v) for v in measured]}
+    return table.meta["calibration"]
+
+
+def calibrate(table, teacher_config, num_classes, height, width, count=8, seed=0):
+    """`fit_calibration` on `count` random derived networks of the configured space, timed
+    whole in the table's runtime and clock right after its entries."""
+    archs = calibration_architectures(teacher_config, count, seed)
     table.ensure([s for arch in archs for group in derived_specs(
         arch, num_classes, height, width, glue=table.has_glue).values() for s in group])
     sums = [derived_latency(a, table, num_classes, height, width)["table_sum"] for a in archs]
     measured = measure_networks(archs, num_classes, height, width, table.meta["runtime"],
                                 table.meta.get("clock", "wall"),
                                 max(10, int(table.meta.get("runs", 5))))
-    scale, offset = np.polyfit(sums, measured, 1)
-    if scale <= 0:
-        raise LbtError(f"latency table {table.path}: calibration networks' measured latencies "
-                       f"{np.round(measured, 3).tolist()} do not grow with their table sums "
-                       f"{np.round(sums, 3).tolist()}; the machine was too busy to time them")
-    table.meta["calibration"] = {"offset_ms": float(offset), "scale": float(scale),
-                                 "networks": count, "seed": seed,
-                                 "table_sum_ms": [float(v) for v in sums],
-                                 "measured_ms": [float(v) for v in measured]}
-    return table.meta["calibration"]
+    return fit_calibration(table, sums, measured, seed)
 
 
 def network_runner(network, height, width, runtime):
