@@ -33,6 +33,9 @@ flags.DEFINE_string("quality_lock", "", "File lock held while measuring latency 
                     "/tmp/heavy.lock on a shared machine); empty: none.")
 flags.DEFINE_float("quality_reference_ms", 0.0, "Predicted latency (ms) the random archs must "
                    "match; 0: the median of the found archs.")
+flags.DEFINE_integer("quality_interleaved_rounds", 30, "Re-time every network together at the "
+                     "end, round-robin over this many rounds (0: keep each run's own evaluate "
+                     "timing, taken hours apart under a changing load).")
 flags.DEFINE_bool("quality_report_only", False, "Run nothing; report the searches and "
                   "retrainings whose result files exist (a partial or reduced run).")
 
@@ -45,7 +48,8 @@ def main(argv):
         methods=tuple(f.quality_methods), seeds=tuple(int(s) for s in f.quality_seeds),
         random_archs=f.quality_random, random_pool=f.quality_random_pool,
         tolerance=f.quality_tolerance, target_row=f.quality_target, lock_path=f.quality_lock,
-        reference_ms=f.quality_reference_ms, report_only=f.quality_report_only)
+        reference_ms=f.quality_reference_ms, report_only=f.quality_report_only,
+        interleaved_rounds=f.quality_interleaved_rounds)
     search_quality.run_search_quality(lbt_flags.build_config(), options)
 
 

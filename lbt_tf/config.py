@@ -28,8 +28,8 @@ class DataConfig:
     data_dir: Optional[str] = None        # Cityscapes root (leftImg8bit/, gtFine/)
     tfds_manual_dir: Optional[str] = None  # tfds manual_dir holding the Cityscapes zips
     tfds_data_dir: Optional[str] = None
-    # Checks of Cityscapes/folder files when listing: none | header (PNG header, sizes) | full
-    # (decodes every file and checks label ids; slow on the full dataset).
+    # Checks of Cityscapes/folder files when listing: none | header (image headers, sizes, label
+    # files decoded and their ids checked) | full (images decoded too; slow on the full dataset).
     validate_files: str = "header"
     num_classes: int = 19
     ignore_label: int = 255

@@ -30,7 +30,9 @@ FLAG_TABLE = {
     "tfds_manual_dir": ("data", "tfds_manual_dir", "tfds manual_dir holding Cityscapes zips."),
     "tfds_data_dir": ("data", "tfds_data_dir", "tfds data_dir for prepared datasets."),
     "validate_files": ("data", "validate_files",
-                       "none | header | full: checks of image/label files when listing."),
+                       "none | header | full: checks of image/label files when listing, before "
+                       "any model is built (header: image headers, label files decoded and "
+                       "their ids checked; full: images decoded too)."),
     "num_classes": ("data", "num_classes", "Number of classes (Cityscapes train ids: 19)."),
     "ignore_label": ("data", "ignore_label", "Label value ignored by losses and metrics."),
     "image_height": ("data", "image_height", "Height images are resized to after decoding."),

@@ -3,9 +3,13 @@
 Directory layout (cityscapesScripts):
   <root>/leftImg8bit/<split>/<city>/<city>_<seq>_<frame>_leftImg8bit.png
   <root>/gtFine/<split>/<city>/<city>_<seq>_<frame>_gtFine_labelIds.png
-Listing checks every file cheaply (PIL reads only the PNG header: missing label, unreadable or
-corrupt header, image/label size mismatch). `validate="full"` also decodes every pixel and checks
-that label ids are in the table; the input pipeline checks label ids again at decode time.
+Listing checks every file before any model is built. `validate="header"` (the default) reads
+the images' PNG headers only (missing label, unreadable or corrupt header, image/label size
+mismatch) and decodes every label file to check its ids against the table, so that a bad id
+is found by the listing, not at the first training step after the models are built. Cost
+measured for a Cityscapes-sized train+val (3475 pairs, 2048x1024): ~11 ms per label file per
+core, i.e. ~3 s on 16 cores, ~20 s on 2 idle cores (headers only: 0.4 s); a search runs for
+days. `validate="full"` also decodes every image. The input pipeline checks label ids again at decode time (for `validate="none"`).
 Every problem is a `DataError` naming the file or directory.
 """
 from __future__ import annotations
@@ -88,7 +92,7 @@ def check_pair(image_path: str, label_path: Optional[str], validate: str = "head
     image_size = _check_image(image_path, full=validate == "full", is_label=False)
     if label_path is None:
         return
-    label_size = _check_image(label_path, full=validate == "full", is_label=True)
+    label_size = _check_image(label_path, full=True, is_label=True)  # ids checked in "header"
     if image_size != label_size:
         raise DataError(f"size mismatch: image {image_path} is {image_size[0]}x{image_size[1]} "
                         f"but its label {label_path} is {label_size[0]}x{label_size[1]} (WxH)")
@@ -112,7 +116,8 @@ def _check_image(path, full, is_label):
             bad = np.unique(pixels[(pixels > MAX_RAW_ID) | (pixels < 0)])
             if bad.size:
                 raise DataError(f"{path}: label ids {bad.tolist()[:10]} are outside the "
-                                f"Cityscapes table (0..{MAX_RAW_ID})")
+                                f"Cityscapes table: allowed label ids 0..{MAX_RAW_ID} "
+                                f"(*{LABEL_SUFFIX} holds label ids, not train ids)")
     elif mode not in ("RGB", "RGBA", "L", "P"):
         raise DataError(f"{path}: image mode {mode} is not RGB")
     return size
@@ -127,7 +132,8 @@ def _check_all(items: Sequence[Tuple[str, Optional[str]]], validate: str) -> Non
     _check_mode(validate)
     if validate == "none":
         return
-    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+    # Threads: PIL releases the GIL while decoding, so the label decode scales with the cores.
+    with concurrent.futures.ThreadPoolExecutor() as pool:
         for future in [pool.submit(check_pair, image, label, validate) for image, label in items]:
             future.result()  # re-raises the first DataError
 

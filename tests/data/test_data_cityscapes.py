@@ -83,15 +83,26 @@ def test_size_mismatch(tmp_path):
         cityscapes.list_cityscapes_pairs(root, "train")
 
 
-def test_label_id_outside_table(tmp_path, cityscapes_config):
+@pytest.mark.parametrize("validate", ["header", "full"])
+def test_label_id_outside_table_is_found_by_the_listing(tmp_path, validate):
+    root = str(tmp_path)
+    write_example(root, "train", "aachen", 0, 0)
+    bad = all_raw_ids_label()
+    bad[0, 0] = 40
+    write_example(root, "train", "aachen", 0, 1, label=bad)
+    with pytest.raises(DataError, match=r"aachen_000000_000001_gtFine_labelIds.png: label ids "
+                                        r"\[40\] are outside the Cityscapes table: allowed "
+                                        r"label ids 0..33"):
+        cityscapes.list_cityscapes_pairs(root, "train", validate=validate)
+
+
+def test_label_id_outside_table_is_named_at_decode_time_without_listing_checks(
+        tmp_path, cityscapes_config):
     root = str(tmp_path)
     bad = all_raw_ids_label()
     bad[0, 0] = 40
-    _, label_path = write_example(root, "train", "aachen", 0, 1, label=bad)
-    with pytest.raises(DataError, match=r"aachen_000000_000001_gtFine_labelIds.png.*\[40\]"):
-        cityscapes.list_cityscapes_pairs(root, "train", validate="full")
-    # Listing with header checks only: decoding names the file instead of mislabeling it.
-    pairs = cityscapes.list_cityscapes_pairs(root, "train", validate="header")
+    write_example(root, "train", "aachen", 0, 1, label=bad)
+    pairs = cityscapes.list_cityscapes_pairs(root, "train", validate="none")
     source = Source("train", "files", tuple(pairs), True, "train")
     with pytest.raises(tf.errors.InvalidArgumentError, match="aachen_000000_000001"):
         next(iter(make_dataset(cityscapes_config, source, training=False)))
@@ -118,29 +129,35 @@ def test_tfds_manual_dir_without_zips(tmp_path):
         cityscapes.prepare_tfds_cityscapes(str(manual), str(tmp_path / "tfds"))
 
 
-def test_main_reports_label_out_of_table_without_traceback(tmp_path):
-    """Found at decode time (header-only validation): one line naming the file, exit 2."""
+def test_main_search_refuses_a_label_out_of_table_before_any_model(tmp_path):
+    """Default --validate_files=header: the listing (before any model is built or latency
+    table measured) names the file, the id and the allowed range; exit 2; no search output."""
     import subprocess
     import sys
     root = str(tmp_path / "cityscapes")
     bad = all_raw_ids_label()
-    bad[0, 0] = 40
-    for frame in range(8):  # every train label is bad, so whatever the grid samples hits one
-        write_example(root, "train", "aachen", 0, frame, label=bad)
+    bad[5, 7] = 40
+    for frame in range(8):
+        write_example(root, "train", "aachen", 0, frame, label=bad if frame == 5 else None)
     write_example(root, "val", "frankfurt", 0, 0)
     write_example(root, "test", "berlin", 0, 0, label=False)
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    run_dir = tmp_path / "run"
     result = subprocess.run(
-        [sys.executable, "-m", "lbt_tf.main", "--mode=sample_grid", "--data_source=cityscapes",
-         f"--data_dir={root}", "--validate_files=header", "--image_height=32",
-         "--image_width=64", "--crop_height=32", "--crop_width=64",
-         f"--run_dir={tmp_path / 'run'}"],
+        [sys.executable, "-m", "lbt_tf.main", "--mode=search", "--data_source=cityscapes",
+         f"--data_dir={root}", "--image_height=32", "--image_width=64", "--crop_height=32",
+         "--crop_width=64", "--layers=4", "--base_width=2", "--verbosity=0",
+         f"--run_dir={run_dir}"],
         cwd=repo, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2, result.stderr[-2000:]
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: label ids outside the Cityscapes table")
-    assert "_gtFine_labelIds.png" in last and "aachen" in last
-    assert "Traceback" not in result.stderr
+    assert last == (f"error: {root}/gtFine/train/aachen/aachen_000000_000005_gtFine_labelIds.png:"
+                    " label ids [40] are outside the Cityscapes table: allowed label ids 0..33 "
+                    "(*_gtFine_labelIds.png holds label ids, not train ids)"), last
+    # found by the listing, not by a training step after the models were built
+    assert "Traceback" not in result.stderr and "rendezvous" not in result.stderr
+    assert "latency table" not in result.stderr + result.stdout
+    assert not run_dir.exists() or not (run_dir / "checkpoints").exists()
 
 
 @pytest.mark.parametrize("damage", ["truncated", "not_png", "flipped_byte"])

@@ -107,7 +107,7 @@ def test_run_search_quality_with_stand_in_stages(tmp_path, monkeypatch):
     monkeypatch.setattr(compare, "retrain_and_evaluate", retrain_and_evaluate)
     monkeypatch.setattr(latency, "table_for_config", lambda cfg: (MacTable(), "table.json"))
     options = search_quality.QualityOptions(methods=("lpt", "lbt"), seeds=(0, 1),
-                                            random_archs=3, random_pool=24)
+                                            random_archs=3, random_pool=24, interleaved_rounds=2)
     paths = search_quality.run_search_quality(config, options)
     report = json.load(open(paths["json"]))
     runs = report["runs"]
@@ -123,9 +123,16 @@ def test_run_search_quality_with_stand_in_stages(tmp_path, monkeypatch):
     assert calls[-1] == ("search", "lbt", 0, pytest.approx(1.05 * median_random))
     assert [row["method"] for row in report["stability"]] == ["lpt", "lbt"]
     assert report["stability"][0]["alpha_seed_agreement"] == 0.0   # seeds 0, 1 differ
+    # every network re-timed together: the stand-ins' evaluate timings are kept aside
+    timed = json.load(open(tmp_path / "interleaved_latency.json"))
+    assert len(timed["latency_ms"]) == len({r["arch_path"] for r in runs}) == len(runs)
+    for row in runs:
+        assert row["evaluate_latency_ms"] in (3.0, 3.1)
+        assert row["measured_latency_ms"] == timed["latency_ms"][row["arch_path"]] > 0
     retrains = len([c for c in calls if c[0] == "retrain"])
     search_quality.run_search_quality(config, options)
     assert len([c for c in calls if c[0] == "retrain"]) == retrains   # resumed from files
+    assert json.load(open(tmp_path / "interleaved_latency.json")) == timed   # not re-timed
     # report only: nothing runs, a missing search is left out, the fixed reference is used
     calls.clear()
     os.remove(tmp_path / "lbt" / "seed_1" / "result.json")
