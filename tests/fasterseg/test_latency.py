@@ -299,3 +299,15 @@ def test_search_describe_and_measure_latency_report_one_number(tmp_path, monkeyp
     assert searched == pytest.approx(network_ms(arch))
     assert described == pytest.approx(searched, abs=1e-3)
     assert predicted == pytest.approx(searched, abs=1e-3)
+
+
+def test_cpu_clock_leaves_out_time_the_process_does_not_run():
+    """--latency_clock=cpu: time this process spends off the CPU (here asleep; on a shared
+    machine, other processes' slices) is not counted; the wall clock counts it."""
+    import time
+    nap = lambda: time.sleep(0.02)   # noqa: E731
+    wall, cpu = (timing.interleaved_medians([nap], runs=3, warmup=1, clock=c)[0]
+                 for c in ("wall", "cpu"))
+    assert wall >= 20.0 and cpu < 5.0
+    with pytest.raises(ValueError, match="latency_clock"):
+        timing.clock_for("gpu")
