@@ -32,7 +32,7 @@ from lbt_tf.models.fasterseg.space import arch_variable_shapes, searched_widths
 flags.DEFINE_integer("bench_networks", 24, "Random derived networks (plus arch_0/arch_1).")
 flags.DEFINE_list("bench_sizes", None, "HxW input sizes (default: the config's and 256x512).")
 flags.DEFINE_list("bench_runtimes", ["tf", "tflite"], "Runtimes (tf, xla, tflite).")
-flags.DEFINE_integer("bench_runs", 10, "Timed runs per network (median).")
+flags.DEFINE_integer("bench_runs", 20, "Rounds of timed runs per network (median).")
 flags.DEFINE_integer("bench_tf_threads", 1,
                      "TF intra-op threads for runtimes tf/xla (0: every core). One, like the "
                      "TFLite interpreter: on a shared CPU a multi-threaded op stalls at its "
