@@ -123,13 +123,13 @@ def main(argv):
             calibration = (latency.calibration_architectures(tc, tc.latency_calibration_networks,
                                                              config.seed)
                            if tc.latency_calibration_networks else [])
-            table.ensure([spec for arch, base_width in
-                          [(a, b) for _, a, b in networks] + [(a, None) for a in calibration]
+            archs = [(a, b) for _, a, b in networks] + [(a, None) for a in calibration]
+            table.ensure([spec for arch, base_width in archs
                           for group in latency.derived_specs(arch, d.num_classes, height, width,
                                                              base_width, table.has_glue).values()
                           for spec in group])
             runners = []
-            for arch, base_width in [(a, b) for _, a, b in networks] + [(a, None) for a in calibration]:
+            for arch, base_width in archs:
                 network = build_derived_network(arch, d.num_classes, (height, width, 3),
                                                 base_width, aux_heads=False)
                 runners.append(latency.network_runner(network, height, width, runtime))

@@ -278,7 +278,8 @@ def test_search_describe_and_measure_latency_report_one_number(tmp_path, monkeyp
     def network_ms(arch):   # a whole network: 0.25 ms + 1.5 x its entries (what calibrate fits)
         specs = latency_lib.derived_specs(arch, d.num_classes, d.image_height, d.image_width)
         return 0.25 + 1.5 * sum(entry_ms(s) for group in specs.values() for s in group)
-    monkeypatch.setattr(latency_lib, "time_specs", lambda specs, *a, **k: [entry_ms(s) for s in specs])
+    monkeypatch.setattr(latency_lib, "time_specs",
+                        lambda specs, *a, **k: [entry_ms(s) for s in specs])
     monkeypatch.setattr(latency_lib, "measure_networks",
                         lambda archs, *a, **k: [network_ms(arch) for arch in archs])
     monkeypatch.setattr(latency_lib, "measure_network", lambda *a, **k: 1.0)
@@ -290,10 +291,11 @@ def test_search_describe_and_measure_latency_report_one_number(tmp_path, monkeyp
     arch = derive_architecture(supernet, config.teacher)
     arch_path = str(tmp_path / "found.json")
     save_architecture(arch, arch_path)
-    model = type("Search", (), {"supernet": supernet,
-                                "problem": type("Problem", (), {"latency_fn": supernet.expected_latency})})
+    problem = type("Problem", (), {"latency_fn": supernet.expected_latency})
+    model = type("Search", (), {"supernet": supernet, "problem": problem})
     searched = runner.derived_latency_fn(model, config)()
-    described = float(describe.describe_lines(arch, config, table)[-1].split("total ")[1].split()[0])
+    described = describe.describe_lines(arch, config, table)[-1]
+    described = float(described.split("total ")[1].split()[0])
     latency_lib.run_measure_latency(config_lib.replace(config, **{"train.arch": arch_path}))
     predicted = float(capsys.readouterr().out.split("predicted ")[1].split()[0])
     assert searched == pytest.approx(network_ms(arch))

@@ -258,7 +258,8 @@ class LatencyTable:
         missing = [s for s in missing if s.key not in self.entries]
         if OVERHEAD.key not in self.entries:
             missing.append(OVERHEAD)
-        anchor = next((s for s in missing if s.kind in _CELL_KINDS[1:]), missing[0] if missing else None)
+        anchor = next((s for s in missing if s.kind in _CELL_KINDS[1:]),
+                      missing[0] if missing else None)
         start, anchor_ms = time.perf_counter(), None
         for first in range(0, len(missing), chunk):
             part = missing[first:first + chunk]
