@@ -303,6 +303,17 @@ def test_search_describe_and_measure_latency_report_one_number(tmp_path, monkeyp
     assert predicted == pytest.approx(searched, abs=1e-3)
 
 
+def test_calibration_that_does_not_grow_is_not_used():
+    """A fit whose scale is not positive (networks too alike or the machine too busy) is not
+    stored; predictions stay plain table sums."""
+    table = LatencyTable({}, {"calibration": {"offset_ms": 9.0, "scale": 9.0}})
+    assert latency_lib.fit_calibration(table, [1.0, 2.0, 3.0], [3.0, 2.5, 2.0]) is None
+    assert "calibration" not in table.meta and table.calibrated(2.0) == 2.0
+    fit = latency_lib.fit_calibration(table, [1.0, 2.0, 3.0], [1.5, 2.5, 3.5])
+    assert (fit["offset_ms"], fit["scale"]) == (pytest.approx(0.5), pytest.approx(1.0))
+    assert table.calibrated(2.0) == pytest.approx(2.5)
+
+
 def test_cpu_clock_leaves_out_time_the_process_does_not_run():
     """--latency_clock=cpu: time this process spends off the CPU (here asleep; on a shared
     machine, other processes' slices) is not counted; the wall clock counts it."""
