@@ -14,8 +14,10 @@ every search / retraining writes its result file and is skipped on a rerun.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
+import multiprocessing
 import fcntl
 import os
 import platform
@@ -51,6 +53,7 @@ class QualityOptions:
     lock_path: str = ""              # a file lock held while measuring latency ("": none)
     reference_ms: float = 0.0        # latency the random archs must match (0: found median)
     report_only: bool = False        # run nothing: report the runs whose result files exist
+    stage_processes: bool = True     # each search / retraining in a fresh child process
     interleaved_rounds: int = 30     # re-time all networks together, round-robin (0: keep the
                                      # per-run evaluate timings)
 
@@ -71,6 +74,17 @@ class FileLock:
         fcntl.flock(self.handle, fcntl.LOCK_UN)
         self.handle.close()
         self.handle = None
+
+
+def run_stage(options: QualityOptions, fn, *args):
+    """fn(*args), in a fresh (spawned) child process when `options.stage_processes`: one
+    process running 28 searches and retrainings grew to 11.5 GB after 4 of them (graphs and
+    models TF keeps per process); a child gives all of it back when the stage ends."""
+    if not options.stage_processes:
+        return fn(*args)
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+        return pool.submit(fn, *args).result()
 
 
 # ------------------------------------------------------------------------------- statistics
@@ -242,8 +256,9 @@ def run_random(config, options: QualityOptions, table, reference_ms: float, lock
         genotype.save_architecture(pool[index], arch_path)
         print(f"[search_quality] random #{index} ({pool_latency[index]:.2f} ms predicted)",
               flush=True)
-        row = dict(compare.retrain_and_evaluate(config_lib.replace(config, seed=seed), arch_path,
-                                                os.path.join(run_dir, "retrain"), lock),
+        row = dict(run_stage(options, compare.retrain_and_evaluate,
+                             config_lib.replace(config, seed=seed), arch_path,
+                             os.path.join(run_dir, "retrain"), lock),
                    method=RANDOM, seed=seed, pool_index=index, arch_path=arch_path,
                    predicted_latency_ms=pool_latency[index])
         results_lib.write_json(result_path, row)
@@ -309,8 +324,10 @@ def run_search_quality(config, options: QualityOptions) -> Dict[str, str]:
             run_dir = os.path.join(out_dir, method, f"seed_{seed}")
             if options.report_only and not os.path.isfile(os.path.join(run_dir, "result.json")):
                 continue
-            row = compare.compare_method(config_lib.replace(config, seed=int(seed)), method,
-                                         run_dir, lock)
+            result_path = os.path.join(run_dir, "result.json")
+            row = (results_lib.read_json(result_path) if os.path.isfile(result_path) else
+                   run_stage(options, compare.compare_method,
+                             config_lib.replace(config, seed=int(seed)), method, run_dir, lock))
             arch = genotype.load_architecture(row["arch_path"])
             runs.append(dict(row, method=method, seed=int(seed),
                              predicted_latency_ms=predicted_latency(arch, table, config)))
@@ -345,10 +362,13 @@ def run_search_quality(config, options: QualityOptions) -> Dict[str, str]:
     if options.target_row and random_latency and not (
             options.report_only and not os.path.isfile(os.path.join(run_dir, "result.json"))):
         target = statistics.median(random_latency)
-        row = compare.compare_method(config_lib.replace(
-            config, **{"search.adaptive_latency": True,
-                       "search.latency_target_min_ms": 0.95 * target,
-                       "search.latency_target_max_ms": 1.05 * target}), "lbt", run_dir, lock)
+        result_path = os.path.join(run_dir, "result.json")
+        row = (results_lib.read_json(result_path) if os.path.isfile(result_path) else
+               run_stage(options, compare.compare_method, config_lib.replace(
+                   config, **{"search.adaptive_latency": True,
+                              "search.latency_target_min_ms": 0.95 * target,
+                              "search.latency_target_max_ms": 1.05 * target}), "lbt", run_dir,
+                   lock))
         if "latency_target_band_ms" in row:  # the target the search ran with
             target = statistics.fmean(row["latency_target_band_ms"])
         arch = genotype.load_architecture(row["arch_path"])
@@ -388,4 +408,4 @@ def run_search_quality(config, options: QualityOptions) -> Dict[str, str]:
 
 __all__ = ["QualityOptions", "FileLock", "mean_std", "summarize", "method_stability",
            "report_markdown", "plot_latency_vs_miou", "write_report", "run_random",
-           "measure_interleaved", "run_search_quality"]
+           "measure_interleaved", "run_stage", "run_search_quality"]

@@ -107,7 +107,8 @@ def test_run_search_quality_with_stand_in_stages(tmp_path, monkeypatch):
     monkeypatch.setattr(compare, "retrain_and_evaluate", retrain_and_evaluate)
     monkeypatch.setattr(latency, "table_for_config", lambda cfg: (MacTable(), "table.json"))
     options = search_quality.QualityOptions(methods=("lpt", "lbt"), seeds=(0, 1),
-                                            random_archs=3, random_pool=24, interleaved_rounds=2)
+                                            random_archs=3, random_pool=24, interleaved_rounds=2,
+                                            stage_processes=False)   # stand-ins patched here
     paths = search_quality.run_search_quality(config, options)
     report = json.load(open(paths["json"]))
     runs = report["runs"]
@@ -138,9 +139,19 @@ def test_run_search_quality_with_stand_in_stages(tmp_path, monkeypatch):
     os.remove(tmp_path / "lbt" / "seed_1" / "result.json")
     report_only = search_quality.QualityOptions(methods=("lpt", "lbt", "fasterseg"),
                                                 seeds=(0, 1), random_archs=3, random_pool=24,
-                                                report_only=True, reference_ms=reference)
+                                                report_only=True, reference_ms=reference,
+                                                stage_processes=False)
     paths = search_quality.run_search_quality(config, report_only)
     assert [c for c in calls if c[0] == "retrain"] == []
     methods = [r["method"] for r in json.load(open(paths["json"]))["runs"]]
     assert "fasterseg" not in methods and methods.count("random") == 3
     assert methods.count("lbt") == 1 and methods.count("lpt") == 2
+
+
+def test_run_stage_runs_each_stage_in_its_own_process():
+    """A long bench's memory is that of one stage: stages run in fresh child processes."""
+    options = search_quality.QualityOptions()
+    child = search_quality.run_stage(options, os.getpid)
+    assert child != os.getpid() != search_quality.run_stage(options, os.getpid) != child
+    in_process = search_quality.QualityOptions(stage_processes=False)
+    assert search_quality.run_stage(in_process, os.getpid) == os.getpid()
