@@ -126,6 +126,9 @@ class SearchConfig:
     # (a split step costs ~40% more: bench/arch_signals.py)
     max_skipped_steps: int = 5            # in a row, then lbt falls back to lpt
     log_every: int = 10
+    # Checkpoint also every N steps within an epoch (a kill loses at most N steps; 0: at epoch
+    # ends only; a paper-size search step takes ~16 s on CPU, README).
+    checkpoint_every_steps: int = 100
     distribute: bool = False              # MirroredStrategy over the available devices
     jit_compile: bool = False             # XLA-compile the search step (GPU)
     trace_once: bool = False              # each model's forward traced once per step (Learner)
@@ -180,6 +183,9 @@ class PipelineConfig:
     bless_min_miou: float = 0.0
     bless_max_latency_ms: float = 1e9
     pipeline_yaml: Optional[str] = None
+    # --mode=pipeline reuses the tasks an earlier run of the same config finished (kfp's local
+    # cache); off: every task runs again (the search and training still resume, not redo).
+    pipeline_cache: bool = True
     # Container image with lbt_tf installed that every component runs in on Kubeflow / Vertex.
     component_image: str = "lbt-tf:latest"
     compare_modes: Tuple[str, ...] = names.SEARCH_MODES
@@ -349,6 +355,7 @@ def _ranges(config):
         ("finite_difference_scale", s.finite_difference_scale, "(0, 1]"),
         ("max_skipped_steps", s.max_skipped_steps, NON_NEGATIVE),
         ("arch_signal_every", s.arch_signal_every, NON_NEGATIVE),
+        ("checkpoint_every_steps", s.checkpoint_every_steps, "[0, 10000000]"),
         ("search_epochs", s.epochs, EPOCHS), ("warmup_epochs", s.warmup_epochs, EPOCHS),
         ("train_epochs", r.epochs, "[1, 100000]"), ("train_lr_power", r.lr_power, "[0, 10]"),
         ("aux_weight", r.aux_weight, LOSS_WEIGHT), ("distill_weight", r.distill_weight,

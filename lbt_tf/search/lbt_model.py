@@ -94,7 +94,8 @@ class LBTSearch(keras.Model):
         self.consecutive_skips = keras.Variable(0, dtype="int64", trainable=False,
                                                 name="consecutive_skips",
                                                 aggregation="only_first_replica")
-        # Diagnostics only (not checkpointed): arch steps taken, the previous grad_A F.
+        # Diagnostics (checkpointed, so that a resumed run logs the same): arch steps taken,
+        # the previous grad_A F.
         self.arch_steps = keras.Variable(0, dtype="int64", trainable=False, name="arch_steps",
                                          aggregation="only_first_replica")
         self.previous_arch_grads = [
