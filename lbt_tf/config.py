@@ -78,6 +78,8 @@ class TeacherConfig:
     reference_latency_table: Optional[str] = None  # FasterSeg's 1080Ti table, for comparison
     latency_runtime: str = "tf"           # tf | xla | tflite: how this device's table is timed
     latency_compat: str = "faithful"      # faithful | fasterseg (its conv_2x_downup key slip)
+    latency_clock: str = "wall"           # wall | cpu (process CPU time: robust on a shared CPU)
+    latency_calibration_networks: int = 8  # whole networks fitting table sum -> ms (0: off)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -299,6 +301,12 @@ def validate(config: Config) -> Config:
     if config.teacher.latency_runtime not in ("tf", "xla", "tflite"):
         raise ConfigError(f"--latency_runtime={config.teacher.latency_runtime!r}: expected tf, "
                           "xla or tflite")
+    if config.teacher.latency_calibration_networks < 0 or \
+            config.teacher.latency_calibration_networks in (1, 2):
+        raise ConfigError(f"--latency_calibration_networks="
+                          f"{config.teacher.latency_calibration_networks}: need 0 (off) or >= 3")
+    if config.teacher.latency_clock not in ("wall", "cpu"):
+        raise ConfigError(f"--latency_clock={config.teacher.latency_clock!r}: expected wall or cpu")
     if config.teacher.latency_compat not in ("faithful", "fasterseg"):
         raise ConfigError(f"--latency_compat={config.teacher.latency_compat!r}: expected "
                           "faithful or fasterseg")

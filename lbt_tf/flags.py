@@ -74,6 +74,12 @@ FLAG_TABLE = {
                                 "FasterSeg's 1080Ti table JSON, for comparison."),
     "latency_runtime": ("teacher", "latency_runtime",
                         "tf | xla | tflite: runtime this device's latency table is timed in."),
+    "latency_clock": ("teacher", "latency_clock",
+                      "wall | cpu: clock of this device's table and measured networks (cpu: "
+                      "process CPU time, not counting other processes' slices on a shared CPU)."),
+    "latency_calibration_networks": ("teacher", "latency_calibration_networks",
+                                     "Random derived networks timed whole to fit this device's "
+                                     "table sum -> network ms (offset + scale); 0: off."),
     "latency_compat": ("teacher", "latency_compat",
                        "faithful | fasterseg: fasterseg reads conv_2x_downup under FasterSeg's "
                        "conv_2x key, as its forward_latency does."),
