@@ -1,7 +1,7 @@
 """Step time, first-step time and peak memory of the search step per mode, at the given flags.
 
     python bench/search_step.py --flagfile=configs/cityscapes_search.flags --data_source=synthetic
-        [--modes=fasterseg,lpt,lbt-exact,lbt-finite_difference] [--bench_steps=3]
+        [--modes=fasterseg,lpt,lbt-exact,lbt-hvp,lbt-finite_difference] [--bench_steps=3]
 
 Each mode runs in its own child process (so its peak memory is its own), through the same
 Keras train function `fit` uses (the config's strategy, `--jit_compile`, `--mixed_precision`).
@@ -11,7 +11,7 @@ step_s: median over `--bench_steps` (>= 3) steps after one untimed step; first_s
 call (tracing the step function + one step); build_mem_mb: the peak after building the models.
 Memory: on GPU, TensorFlow's peak allocation (`get_memory_info`); on CPU the process's peak RSS.
 Targets (issue 13): lbt-exact <= 3x lpt time and <= 1.6x its memory, lbt-finite_difference
-<= 2x / <= 1.2x, every mode <= 16 GB, first step <= 60 s.
+and lbt-hvp <= 2x / <= 1.2x, every mode <= 16 GB, first step <= 60 s.
 """
 from __future__ import annotations
 
@@ -31,15 +31,16 @@ from lbt_tf import config as config_lib  # noqa: E402
 from lbt_tf import flags as lbt_flags  # noqa: E402
 
 flags.DEFINE_integer("bench_steps", 3, "Timed steps per mode (median; at least 3).")
-flags.DEFINE_list("modes", ["fasterseg", "lpt", "lbt-exact", "lbt-finite_difference"],
-                  "Modes to run: fasterseg, lpt, lbt-exact, lbt-finite_difference.")
+flags.DEFINE_list("modes", ["fasterseg", "lpt", "lbt-exact", "lbt-hvp", "lbt-finite_difference"],
+                  "Modes to run: fasterseg, lpt, lbt-exact, lbt-hvp, lbt-finite_difference.")
 flags.DEFINE_float("bench_max_rss_gb", 20.0,
                    "A child whose RSS passes this is killed (reported as over the limit), so "
                    "that a mode that does not fit cannot take the machine's memory.")
 flags.DEFINE_string("bench_single", None, "Internal: run one mode (name) and print JSON.")
 
 MODES = {"fasterseg": ("fasterseg", "exact"), "lpt": ("lpt", "exact"),
-         "lbt-exact": ("lbt", "exact"), "lbt-finite_difference": ("lbt", "finite_difference")}
+         "lbt-exact": ("lbt", "exact"), "lbt-hvp": ("lbt", "hvp"),
+         "lbt-finite_difference": ("lbt", "finite_difference")}
 
 
 def peak_memory_mb():

@@ -6,7 +6,7 @@ from kfp import dsl
 def search(config_json: str, examples: dsl.Input[dsl.Dataset],
            architecture: dsl.Output[dsl.Artifact], teacher_checkpoint: dsl.Output[dsl.Model],
            search_metrics: dsl.Output[dsl.Metrics]):
-    """Runs the search; outputs the derived architecture JSON, the search run directory
+    """Runs (or resumes) the search; outputs the derived architecture JSON, a copy of its run dir
     (teacher/student checkpoints, TensorBoard logs, per-epoch architectures) and its metrics."""
     from lbt_tf import pipeline_steps
     metrics = pipeline_steps.search_step(config_json, examples.path, teacher_checkpoint.path,

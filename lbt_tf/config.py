@@ -78,6 +78,8 @@ class TeacherConfig:
     reference_latency_table: Optional[str] = None  # FasterSeg's 1080Ti table, for comparison
     latency_runtime: str = "tf"           # tf | xla | tflite: how this device's table is timed
     latency_compat: str = "faithful"      # faithful | fasterseg (its conv_2x_downup key slip)
+    latency_clock: str = "wall"           # wall | cpu (process CPU time: robust on a shared CPU)
+    latency_calibration_networks: int = 8  # whole networks fitting table sum -> ms (0: off)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +96,7 @@ class StudentConfig:
 @dataclasses.dataclass(frozen=True)
 class SearchConfig:
     mode: str = "lbt"                     # fasterseg | lpt | lbt
-    hypergrad: str = "exact"              # exact | finite_difference
+    hypergrad: str = "exact"              # names.HYPERGRADS: exact | hvp | finite_difference
     epochs: int = 30
     warmup_epochs: int = 20
     steps_per_epoch: Optional[int] = None  # None: one pass over D_t^tr
@@ -124,6 +126,9 @@ class SearchConfig:
     # (a split step costs ~40% more: bench/arch_signals.py)
     max_skipped_steps: int = 5            # in a row, then lbt falls back to lpt
     log_every: int = 10
+    # Checkpoint also every N steps within an epoch (a kill loses at most N steps; 0: at epoch
+    # ends only; a paper-size search step takes ~16 s on CPU, README).
+    checkpoint_every_steps: int = 100
     distribute: bool = False              # MirroredStrategy over the available devices
     jit_compile: bool = False             # XLA-compile the search step (GPU)
     trace_once: bool = False              # each model's forward traced once per step (Learner)
@@ -178,6 +183,9 @@ class PipelineConfig:
     bless_min_miou: float = 0.0
     bless_max_latency_ms: float = 1e9
     pipeline_yaml: Optional[str] = None
+    # --mode=pipeline reuses the tasks an earlier run of the same config finished (kfp's local
+    # cache); off: every task runs again (the search and training still resume, not redo).
+    pipeline_cache: bool = True
     # Container image with lbt_tf installed that every component runs in on Kubeflow / Vertex.
     component_image: str = "lbt-tf:latest"
     compare_modes: Tuple[str, ...] = names.SEARCH_MODES
@@ -293,6 +301,12 @@ def validate(config: Config) -> Config:
     if config.teacher.latency_runtime not in ("tf", "xla", "tflite"):
         raise ConfigError(f"--latency_runtime={config.teacher.latency_runtime!r}: expected tf, "
                           "xla or tflite")
+    if config.teacher.latency_calibration_networks < 0 or \
+            config.teacher.latency_calibration_networks in (1, 2):
+        raise ConfigError(f"--latency_calibration_networks="
+                          f"{config.teacher.latency_calibration_networks}: need 0 (off) or >= 3")
+    if config.teacher.latency_clock not in ("wall", "cpu"):
+        raise ConfigError(f"--latency_clock={config.teacher.latency_clock!r}: expected wall or cpu")
     if config.teacher.latency_compat not in ("faithful", "fasterseg"):
         raise ConfigError(f"--latency_compat={config.teacher.latency_compat!r}: expected "
                           "faithful or fasterseg")
@@ -341,6 +355,7 @@ def _ranges(config):
         ("finite_difference_scale", s.finite_difference_scale, "(0, 1]"),
         ("max_skipped_steps", s.max_skipped_steps, NON_NEGATIVE),
         ("arch_signal_every", s.arch_signal_every, NON_NEGATIVE),
+        ("checkpoint_every_steps", s.checkpoint_every_steps, "[0, 10000000]"),
         ("search_epochs", s.epochs, EPOCHS), ("warmup_epochs", s.warmup_epochs, EPOCHS),
         ("train_epochs", r.epochs, "[1, 100000]"), ("train_lr_power", r.lr_power, "[0, 10]"),
         ("aux_weight", r.aux_weight, LOSS_WEIGHT), ("distill_weight", r.distill_weight,

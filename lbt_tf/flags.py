@@ -74,6 +74,12 @@ FLAG_TABLE = {
                                 "FasterSeg's 1080Ti table JSON, for comparison."),
     "latency_runtime": ("teacher", "latency_runtime",
                         "tf | xla | tflite: runtime this device's latency table is timed in."),
+    "latency_clock": ("teacher", "latency_clock",
+                      "wall | cpu: clock of this device's table and measured networks (cpu: "
+                      "process CPU time, not counting other processes' slices on a shared CPU)."),
+    "latency_calibration_networks": ("teacher", "latency_calibration_networks",
+                                     "Random derived networks timed whole to fit this device's "
+                                     "table sum -> network ms (offset + scale); 0: off."),
     "latency_compat": ("teacher", "latency_compat",
                        "faithful | fasterseg: fasterseg reads conv_2x_downup under FasterSeg's "
                        "conv_2x key, as its forward_latency does."),
@@ -130,6 +136,9 @@ FLAG_TABLE = {
     "max_skipped_steps": ("search", "max_skipped_steps",
                           "Non-finite steps in a row before lbt falls back to lpt."),
     "log_every": ("search", "log_every", "Steps between log lines."),
+    "checkpoint_every_steps": ("search", "checkpoint_every_steps",
+                               "Also checkpoint every N steps within a search epoch (a kill "
+                               "loses at most N steps; 0: at epoch ends only)."),
     "distribute": ("search", "distribute", "Run under MirroredStrategy on all devices."),
     "jit_compile": ("search", "jit_compile", "XLA-compile the search step (for GPUs)."),
     "trace_once": ("search", "trace_once",
@@ -173,6 +182,10 @@ FLAG_TABLE = {
     # pipeline / experiments
     "pipeline_root": ("pipeline", "pipeline_root", "Root of the pipeline's artifacts."),
     "serving_dir": ("pipeline", "serving_dir", "Where the pusher copies a blessed model."),
+    "pipeline_cache": ("pipeline", "pipeline_cache",
+                       "--mode=pipeline reuses the tasks an earlier run of the same config "
+                       "finished (kfp's local cache); --nopipeline_cache runs every task again "
+                       "(the search and retraining still resume from their checkpoints)."),
     "bless_min_miou": ("pipeline", "bless_min_miou", "Blessing: minimum mIoU."),
     "bless_max_latency_ms": ("pipeline", "bless_max_latency_ms", "Blessing: latency budget."),
     "pipeline_yaml": ("pipeline", "pipeline_yaml", "Output path of the compiled pipeline."),

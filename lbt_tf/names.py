@@ -15,7 +15,10 @@ EVAL_SPLITS = ("val", "test", "train") + SEARCH_SOURCES[:4]
 
 SEARCH_MODES = ("fasterseg", "lpt", "lbt")
 FIRST_ORDER_MODES = ("fasterseg", "lpt")     # T' = T, S' = S: no unrolling
-HYPERGRADS = ("exact", "finite_difference")  # how lbt differentiates through the unrolled step
+# How lbt differentiates through the unrolled step: nested tapes; DARTS' form with its two mixed
+# second-derivative products by forward-over-reverse Hessian-vector products (exact as well) or
+# by central differences (search/darts.py).
+HYPERGRADS = ("exact", "hvp", "finite_difference")
 PHASES = ("warmup", "search")                # A frozen / A updated
 PSEUDO_LABELS = ("soft", "hard")             # the real student step's pseudo-labels
 # Which latency the target band steers (--latency_target_of): the derived network's prediction

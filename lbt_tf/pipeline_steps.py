@@ -2,12 +2,17 @@
 
 The KFP components in `components/` only call these, so every step is testable without kfp.
 A step rebuilds the `Config` from the pipeline's JSON parameter, points `run_dir` at its own
-output artifact, and calls the same lbt_tf function its `--mode` runs. Artifact paths are
+output artifact, and calls the same lbt_tf function its `--mode` runs. The long steps (search,
+trainer) run in a stable directory of the user's run root instead, `<run_dir>/pipeline_stages/
+<stage>` (`stage_dir`), and copy their results into their artifacts: a rerun of the pipeline
+(KFP makes a new folder per run) resumes an unfinished stage from its checkpoints and refuses
+another config there (lbt_tf.run_record), as `--mode=search` / `--mode=train` do. Artifact paths are
 treated as directories (datasets, models) or single JSON files (architecture, blessing, push
 record, metrics); `tf.io.gfile` is used where a path may be remote (gs://) on Kubeflow.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -17,20 +22,48 @@ from typing import Dict, Tuple
 import tensorflow as tf
 
 from lbt_tf import config as config_lib
+from lbt_tf import run_record
 from lbt_tf.config import Config, ConfigError
 from lbt_tf.errors import LbtError
 
 SAVED_MODEL_DIR = "saved_model"
+STAGES_DIR = "pipeline_stages"
+STAGES = ("search", "train")  # the steps that run in a stable stage directory
+
+
+def stage_dir(run_root: str, stage: str) -> str:
+    """`<run_root>/pipeline_stages/<stage>`: where a pipeline's search or training runs, the
+    same for every run of the pipeline on that root (so that a rerun resumes it)."""
+    return os.path.join(run_root, STAGES_DIR, stage)
+
+
+def check_stages(config: Config) -> None:
+    """Refuses, before any pipeline task runs, a run root whose stage directories hold a run of
+    another config (ConfigError naming the directory and the differing flags; --overwrite
+    replaces them when the stage runs). The trained architecture is a search output, so the
+    train stage is compared without --arch here (the trainer compares it)."""
+    from lbt_tf.retrain.trainer import OUTPUTS as TRAIN_OUTPUTS
+    from lbt_tf.search.runner import OUTPUTS as SEARCH_OUTPUTS
+    run_record.check(config, "search", stage_dir(config.run_dir, "search"), SEARCH_OUTPUTS)
+    from lbt_tf.retrain import network as network_lib
+    train_config = config_lib.replace(config, run_dir=stage_dir(config.run_dir, "train"))
+    run_record.check(train_config, "train", network_lib.train_dir(train_config), TRAIN_OUTPUTS,
+                     ignore=("train.arch",))
 
 
 def step_config(config_json: str, run_dir: str, mode: str) -> Config:
     """The pipeline's config with `run_dir` at this step's artifact and `mode` set."""
+    config = user_config(config_json)
+    return config_lib.validate(config_lib.replace(config, run_dir=run_dir, mode=mode))
+
+
+def user_config(config_json: str) -> Config:
+    """The config of the pipeline's JSON parameter, as the user gave it (run_dir: the root)."""
     try:
         values = json.loads(config_json)
     except json.JSONDecodeError as err:
         raise ConfigError(f"pipeline parameter config_json is not valid JSON: {err}") from None
-    config = Config.from_dict(values)
-    return config_lib.validate(config_lib.replace(config, run_dir=run_dir, mode=mode))
+    return Config.from_dict(values)
 
 
 def record_metrics(metrics_artifact, metrics: Dict) -> None:
@@ -54,13 +87,16 @@ def example_gen_step(config_json: str, examples_dir: str) -> Dict:
 
 def search_step(config_json: str, examples_dir: str, search_dir: str,
                 architecture_path: str) -> Dict:
-    """Runs `lbt_tf.search.runner.run_search` with its run directory at `search_dir` (the
-    teacher checkpoint artifact) and copies the derived architecture JSON to its artifact."""
+    """Runs (or resumes) `lbt_tf.search.runner.run_search` in the search stage directory, then
+    copies that run directory to `search_dir` (the teacher checkpoint artifact) and the derived
+    architecture JSON to its artifact."""
     from lbt_tf.data import tfrecords
     from lbt_tf.search.runner import run_search
-    config = step_config(config_json, search_dir, "search")
+    work_dir = stage_dir(user_config(config_json).run_dir, "search")
+    config = step_config(config_json, work_dir, "search")
     tfrecords.check_same_splits(config, examples_dir)
     result = run_search(config)
+    _copy_tree(work_dir, search_dir)
     _copy_file(result.arch_path, architecture_path)
     return search_summary(result, config.search.mode)
 
@@ -78,15 +114,27 @@ def search_summary(result, mode: str) -> Dict:
 
 def trainer_step(config_json: str, examples_dir: str, architecture_path: str,
                  model_dir: str) -> Dict:
-    """Retrains the architecture under `model_dir/train/` and exports it to
-    `model_dir/saved_model/`."""
+    """Retrains (or resumes retraining) the architecture in the train stage directory, copies
+    its weights and architecture to `model_dir/train/` and exports it to
+    `model_dir/saved_model/`. The architecture is read from a copy named by its content hash
+    in the stage directory: the same architecture resumes, another one is refused (--arch)."""
     from lbt_tf.data import tfrecords
+    from lbt_tf.retrain import network as network_lib
     from lbt_tf.retrain.export import run_export
-    from lbt_tf.retrain.trainer import run_train
-    config = step_config(config_json, model_dir, "train")
-    config = config_lib.replace(config, **{"train.arch": architecture_path})
+    from lbt_tf.retrain.trainer import OUTPUTS, run_train
+    work_dir = stage_dir(user_config(config_json).run_dir, "train")
+    with tf.io.gfile.GFile(architecture_path, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()[:16]
+    arch_path = os.path.join(work_dir, f"arch-{digest}.json")
+    config = step_config(config_json, work_dir, "train")
+    config = config_lib.replace(config, **{"train.arch": arch_path})
     tfrecords.check_same_splits(config, examples_dir)
+    run_record.check(config, "train", network_lib.train_dir(config), OUTPUTS)  # before writing
+    _copy_file(architecture_path, arch_path)
     trained = run_train(config)
+    for name in (network_lib.WEIGHTS_NAME, network_lib.ARCH_NAME):
+        _copy_file(os.path.join(network_lib.train_dir(config), name),
+                   os.path.join(model_dir, "train", name))
     exported = run_export(config_lib.replace(
         config, mode="export", **{"export.export_dir": os.path.join(model_dir, SAVED_MODEL_DIR)}))
     return {"weights": trained["weights"], "saved_model": exported["saved_model"]}
@@ -169,6 +217,15 @@ def push_saved_model(saved_model_dir: str, serving_dir: str) -> str:
     if not remote:
         tf.io.gfile.rename(partial, destination)
     return destination
+
+
+def _copy_tree(source: str, target: str) -> None:
+    for directory, _, files in tf.io.gfile.walk(source):
+        target_dir = os.path.join(target, os.path.relpath(directory, source))
+        tf.io.gfile.makedirs(target_dir)
+        for name in files:
+            tf.io.gfile.copy(os.path.join(directory, name), os.path.join(target_dir, name),
+                             overwrite=True)
 
 
 def _copy_file(source: str, target: str) -> None:

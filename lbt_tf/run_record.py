@@ -20,7 +20,7 @@ RECORD_NAME = "run_config.json"
 STAGE_SECTIONS = {"search": ("data", "teacher", "student", "search"),
                   "train": ("data", "teacher", "train")}
 # Fields that change how a run is checked or shown, not what it computes.
-NOT_DEFINING = {"data.validate_files", "search.log_every"}
+NOT_DEFINING = {"data.validate_files", "search.log_every", "search.checkpoint_every_steps"}
 # A run may be continued for more (or fewer) epochs, as with BackupAndRestore.
 EXTENDABLE = {"search.epochs", "train.epochs"}
 
@@ -74,10 +74,12 @@ class RunPlan:
         return self.resume
 
 
-def check(config: Config, stage: str, directory: str, outputs: Sequence[str]) -> RunPlan:
+def check(config: Config, stage: str, directory: str, outputs: Sequence[str],
+          ignore: Sequence[str] = ()) -> RunPlan:
     """Decides, writing nothing, whether the stage starts afresh or continues the run in
     `directory` (`outputs`: the names the stage writes there); raises ConfigError naming the
-    directory and the differing flags when it holds a run of another config."""
+    directory and the differing flags when it holds a run of another config (`ignore`: fields
+    not compared, for a check before they are known)."""
     record_path = os.path.join(directory, RECORD_NAME)
     identity = run_identity(config, stage)
     found = [name for name in outputs if os.path.exists(os.path.join(directory, name))]
@@ -85,7 +87,7 @@ def check(config: Config, stage: str, directory: str, outputs: Sequence[str]) ->
     if os.path.exists(record_path):
         with open(record_path) as f:
             recorded = json.load(f).get("config", {})
-        changed = differences(recorded, identity, ignore=EXTENDABLE)
+        changed = differences(recorded, identity, ignore=EXTENDABLE | set(ignore))
         if not changed:
             extended = differences(recorded, identity)
             plan.resume, plan.write_record = True, bool(extended)

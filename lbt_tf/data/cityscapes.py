@@ -7,10 +7,11 @@ Listing checks every file before any model is built. `validate="header"` (the de
 the images' PNG headers only (missing label, unreadable or corrupt header, image/label size
 mismatch) and decodes every label file to check its ids against the table, so that a bad id
 is found by the listing, not at the first training step after the models are built. Cost
-measured for a Cityscapes-sized train+val (3475 pairs, 2048x1024): ~11 ms per label file per
-core, i.e. ~3 s on 16 cores, ~20 s on 2 idle cores (headers only: 0.4 s); a search runs for
-days. `validate="full"` also decodes every image. The input pipeline checks label ids again at decode time (for `validate="none"`).
-Every problem is a `DataError` naming the file or directory.
+for a Cityscapes-sized train+val (3475 pairs, 2048x1024 labels): ~11 ms per label file and
+core, i.e. ~20 s on 2 idle cores, ~3 s on 16 (measured: 50-100 s on a shared 2-core machine
+at load 5-12, against 0.4 s for headers only); a search runs for days. `validate="full"` also
+decodes every image. The input pipeline checks label ids again at decode time (for
+`validate="none"`). Every problem is a `DataError` naming the file or directory.
 """
 from __future__ import annotations
 

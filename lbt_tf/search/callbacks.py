@@ -190,21 +190,51 @@ def plot_arch_history(history: List[Dict], path: str):
     plt.close(fig)
 
 
-class CheckpointEveryEpoch(keras.callbacks.Callback):
-    """`tf.train.CheckpointManager` save at every epoch end (a kill loses at most one epoch)."""
+class PeriodicCheckpoint(keras.callbacks.Callback):
+    """`tf.train.CheckpointManager` saves at every epoch end and every `every_steps` steps of an
+    epoch (0: at epoch ends only), numbered by the steps done (`ckpt-N`: after N steps), so a
+    kill loses at most `every_steps` steps. `position` = (epoch, step) variables in the
+    checkpoint: where the run continues (step 0: at an epoch's start). `state_fn(epoch, logs,
+    epoch_end)` writes the run's other state first. A fit resumed mid-epoch starts at
+    `first_step` of its first epoch and gets back that epoch's running metrics (`metric_values`,
+    as checkpointed; `fit` resets them when an epoch begins), so the epoch's logged means equal
+    the uninterrupted run's."""
 
-    def __init__(self, manager: tf.train.CheckpointManager, epoch_variable, extra_state_fn=None):
+    def __init__(self, manager: tf.train.CheckpointManager, position, steps_per_epoch: int,
+                 every_steps: int = 0, state_fn: Optional[Callable] = None, first_step: int = 0,
+                 metric_values: Optional[List] = None):
         super().__init__()
         self.manager = manager
-        self.epoch_variable = epoch_variable
-        self.extra_state_fn = extra_state_fn
+        self.epoch_variable, self.step_variable = position
+        self.steps_per_epoch = steps_per_epoch
+        self.every_steps = every_steps
+        self.state_fn = state_fn
+        self.first_step = first_step
+        self.metric_values = metric_values  # [(variable, value)] for the first resumed epoch
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+        for variable, value in self.metric_values or ():
+            variable.assign(value)
+        self.metric_values = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = self.first_step + batch + 1
+        if self.every_steps and step % self.every_steps == 0 and step < self.steps_per_epoch:
+            self._save(self.epoch, step, logs, epoch_end=False)
 
     def on_epoch_end(self, epoch, logs=None):
-        self.epoch_variable.assign(epoch + 1)
-        if self.extra_state_fn is not None:
-            self.extra_state_fn(epoch + 1, logs or {})
-        path = self.manager.save(checkpoint_number=epoch + 1)
-        logging.info("checkpoint %s", path)
+        self.first_step = 0
+        self._save(epoch + 1, 0, logs, epoch_end=True)
+
+    def _save(self, epoch, step, logs, epoch_end):
+        self.epoch_variable.assign(epoch)
+        self.step_variable.assign(step)
+        if self.state_fn is not None:
+            self.state_fn(epoch, logs or {}, epoch_end)
+        path = self.manager.save(checkpoint_number=epoch * self.steps_per_epoch + step)
+        logging.info("checkpoint %s (epoch %d, step %d)", path, epoch, step)
 
 
 class DivergenceError(LbtError):

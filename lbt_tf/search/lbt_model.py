@@ -3,7 +3,7 @@
 `fit` drives it, so callbacks, the progress bar and TensorBoard work as usual. This module only
 schedules the phases and applies updates; the update itself is in unrolled.py. One step:
   1. (search phase only) `unrolled.update_architecture` with the architecture gradient for the
-     mode (fasterseg | lpt | lbt-exact | lbt-finite_difference);
+     mode (fasterseg | lpt | lbt-exact | lbt-hvp | lbt-finite_difference);
   2. the real weight steps: T with SGD on D_t^tr; S with SGD on D_s^tr plus pseudo-labels of
      D_u (soft: teacher probabilities with `soft_ce`; hard: their argmax), again applied (with
      the new BatchNorm statistics) only if losses and gradients are finite.
@@ -94,7 +94,8 @@ class LBTSearch(keras.Model):
         self.consecutive_skips = keras.Variable(0, dtype="int64", trainable=False,
                                                 name="consecutive_skips",
                                                 aggregation="only_first_replica")
-        # Diagnostics only (not checkpointed): arch steps taken, the previous grad_A F.
+        # Diagnostics (checkpointed, so that a resumed run logs the same): arch steps taken,
+        # the previous grad_A F.
         self.arch_steps = keras.Variable(0, dtype="int64", trainable=False, name="arch_steps",
                                          aggregation="only_first_replica")
         self.previous_arch_grads = [

@@ -3,14 +3,17 @@
 Outputs under `config.run_dir`: `tensorboard/` (losses of both learners, val mIoU of teacher and
 student, expected latency, skipped steps), `arch/arch_epoch_NNN.json` (derived after every
 epoch), `arch.json` (the found architecture, written when the run ends without diverging),
-`arch_evolution.png`, `checkpoints/` (`tf.train.CheckpointManager`, one per epoch) and
-`search_state.json` (history, mode after a fallback). A rerun of the same config continues from
-the last checkpoint; another config in the same --run_dir is refused (lbt_tf.run_record).
+`arch_evolution.png`, `checkpoints/` (`tf.train.CheckpointManager`: at every epoch end and every
+--checkpoint_every_steps steps, `ckpt-N` after N steps) and `search_state.json` (history, mode
+after a fallback). A rerun of the same config continues from the last checkpoint, mid-epoch
+included, exactly where it was (the data at the same element, the same RNG and optimizer
+states); another config in the same --run_dir is refused (lbt_tf.run_record).
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import importlib.util
 import json
 import os
@@ -55,14 +58,15 @@ def make_strategy(search_config):
     return tf.distribute.get_strategy()
 
 
-def make_search_input(config, mode: str, seed: int):
+def make_search_input(config, mode: str, seed: int, splits=None):
     """The zipped training input (dict of the five sources, the smaller ones repeated), the
-    val dataset (whole images) and the steps per epoch (one pass over D_t^tr by default)."""
+    val dataset (whole images) and the steps per epoch (one pass over D_t^tr by default).
+    `splits`: the LBT splits when already listed (`make_splits` lists and checks every file)."""
     from lbt_tf.data.pipeline import make_dataset, make_unlabeled_dataset
     from lbt_tf.data.splits import make_splits
 
     d = config.data
-    splits = make_splits(d, config.seed)
+    splits = splits or make_splits(d, config.seed)
     sources = names.SEARCH_SOURCES if mode != "fasterseg" else names.TEACHER_SOURCES
     if "unlabeled" in sources and len(splits.unlabeled) < d.batch_size:
         raise DataError(f"D_u has {len(splits.unlabeled)} images, fewer than --batch_size="
@@ -155,10 +159,19 @@ def dtype_policy(name):
         keras.config.set_dtype_policy(previous)
 
 
-def _checkpoint(model, epoch_variable):
+def metric_variables(model):
+    """The running means of the current epoch (its logged values), for a mid-epoch resume."""
+    return [v.value for metric in model.metrics for v in metric.variables]
+
+
+def _checkpoint(model, position):
+    epoch_variable, step_variable = position
     items = dict(supernet=model_variables(model.supernet),
                  teacher_optimizer=model.teacher_optimizer,
                  arch_optimizer=model.arch_optimizer, epoch=epoch_variable,
+                 step=step_variable, metrics=metric_variables(model),
+                 diagnostics=[model.arch_steps.value] + [v.value for v in
+                                                         model.previous_arch_grads],
                  latency_weight=model.latency_weight.value,
                  skipped_steps=model.skipped_steps.value,
                  consecutive_skips=model.consecutive_skips.value)
@@ -208,17 +221,24 @@ def _run_search(config) -> SearchResult:
     mode = state.get("mode", cfg.mode)
     keras.utils.set_random_seed(config.seed)  # before the data: its shuffles use the global seed
     # The data (every file listed and checked) before any model is built or table measured.
-    train, val, steps = make_search_input(config, mode, seed=config.seed)
+    from lbt_tf.data.splits import make_splits
+    splits = make_splits(config.data, config.seed)
+    _, val, steps = make_search_input(config, mode, config.seed, splits)
+    # A new training dataset for every `fit`: each iterator of one dataset object continues
+    # its shuffles' seed generator, so a second `fit` of the same object would see other orders.
+    make_train = lambda: make_search_input(config, mode, config.seed, splits)[0]  # noqa: E731
     os.makedirs(run_dir, exist_ok=True)
     resume = plan.apply()
     strategy = make_strategy(cfg)
     with strategy.scope():
         model = build_search_model(config, mode)
-        epoch_variable = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-        checkpoint = _checkpoint(model, epoch_variable)
+        # Where the checkpointed run continues: epoch, and step within it (0: its start).
+        position = (tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch"),
+                    tf.Variable(0, dtype=tf.int64, trainable=False, name="step"))
+        checkpoint = _checkpoint(model, position)
     checkpoint_dir = os.path.join(run_dir, "checkpoints")
     manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=2)
-    initial_epoch = 0
+    initial_epoch = initial_step = 0
     if resume and manager.latest_checkpoint:
         try:
             checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
@@ -226,27 +246,23 @@ def _run_search(config) -> SearchResult:
             raise DataError(f"{manager.latest_checkpoint} does not fit this search's models "
                             f"({str(err).splitlines()[0][:200]}); use another --run_dir or "
                             "--overwrite") from None
-        initial_epoch = int(epoch_variable.numpy())
+        initial_epoch, initial_step = (int(v.numpy()) for v in position)
         print(f"search: resumed from {manager.latest_checkpoint} at epoch {initial_epoch} "
-              f"(mode {mode})")
+              f"step {initial_step} (mode {mode})")
     history: List[Dict] = [h for h in state.get("history", []) if h["epoch"] <= initial_epoch]
     arch_history = [h for h in state.get("arch_history", []) if h["epoch"] <= initial_epoch]
     total_epochs = cfg.warmup_epochs + cfg.epochs
 
-    # The data where the checkpointed run left it: the pipeline is a function of the seed and
-    # the element index (seeded shuffles, stateless augmentation), so skipping the batches of
-    # the finished epochs puts it where the uninterrupted run's iterator is.
-    train = train.skip(initial_epoch * steps)
     latency_fn = model.problem.latency_fn
     arch_log = search_callbacks.ArchitectureLog(
         run_dir, lambda: derive_architecture(model.supernet, config.teacher), save_architecture,
         history=arch_history)
     fallback = search_callbacks.NonFiniteFallback(cfg.max_skipped_steps)
 
-    def save_state(epoch, logs):
-        entry = dict(_to_python(logs), epoch=epoch, mode=model.mode,
-                     skipped_steps=int(model.skipped_steps.numpy()))
-        history.append(entry)
+    def save_state(epoch, logs, epoch_end):
+        if epoch_end:  # a mid-epoch checkpoint records the mode (a fallback) only
+            history.append(dict(_to_python(logs), epoch=epoch, mode=model.mode,
+                                skipped_steps=int(model.skipped_steps.numpy())))
         write_json(os.path.join(run_dir, STATE_FILE),
                    {"mode": model.mode, "history": history, "arch_history": arch_log.history},
                    indent=1)
@@ -256,7 +272,12 @@ def _run_search(config) -> SearchResult:
         search_callbacks.EpochSchedule(cfg, latency_fn, derived_latency_fn(model, config)),
         fallback,
         arch_log,
-        search_callbacks.CheckpointEveryEpoch(manager, epoch_variable, save_state),
+        search_callbacks.PeriodicCheckpoint(
+            manager, position, steps, cfg.checkpoint_every_steps, save_state,
+            first_step=initial_step,
+            metric_values=(list(zip(metric_variables(model),
+                                    [v.numpy() for v in metric_variables(model)]))
+                           if initial_step else None)),
         search_callbacks.PhaseProgbar(),
     ]
     if importlib.util.find_spec("tensorboard") is not None:
@@ -267,10 +288,8 @@ def _run_search(config) -> SearchResult:
                         "(every scalar is also in %s)", os.path.join(run_dir, STATE_FILE))
     if initial_epoch < total_epochs:
         try:
-            model.fit(train, epochs=total_epochs, initial_epoch=initial_epoch,
-                      steps_per_epoch=steps, validation_data=val, callbacks=callbacks,
-                      shuffle=False,  # the tf.data pipeline shuffles (seeded)
-                      verbose=2 if cfg.log_every <= 0 else "auto")
+            _fit(model, make_train, val, steps, (initial_epoch, initial_step), total_epochs,
+                 callbacks, verbose=2 if cfg.log_every <= 0 else "auto")
         except search_callbacks.DivergenceError as err:
             kept = manager.latest_checkpoint or "none (no epoch finished)"
             raise search_callbacks.DivergenceError(
@@ -294,6 +313,26 @@ def _run_search(config) -> SearchResult:
         arch_history_plot=os.path.join(run_dir, "arch_evolution.png"))
     _print_result(result, config)
     return result
+
+
+def _fit(model, make_train, val, steps, start, total_epochs, callbacks, verbose):
+    """`fit` from `start` = (epoch, step) to the end. The data where the checkpointed run left
+    it: a new dataset (`make_train()`) is a function of the seed and the element index (seeded
+    shuffles, stateless augmentation), so skipping the batches already done puts it where the
+    uninterrupted run's iterator is. A run stopped mid-epoch first finishes that epoch (a `fit`
+    of its remaining steps: same schedule, validation and epoch-end callbacks)."""
+    epoch, step = start
+    fit = functools.partial(model.fit, validation_data=val, callbacks=callbacks,
+                            shuffle=False,  # the tf.data pipeline shuffles (seeded)
+                            verbose=verbose)
+    if step:
+        print(f"search: finishing epoch {epoch + 1} from step {step + 1} of {steps}", flush=True)
+        fit(make_train().skip(epoch * steps + step), initial_epoch=epoch, epochs=epoch + 1,
+            steps_per_epoch=steps - step)
+        epoch += 1
+    if epoch < total_epochs:
+        fit(make_train().skip(epoch * steps), initial_epoch=epoch, epochs=total_epochs,
+            steps_per_epoch=steps)
 
 
 def derived_latency_fn(model, config):

@@ -7,12 +7,14 @@
 xi: the weight optimizers' current learning rates; lambda = pseudo_label_weight; w_sv =
 student_val_weight; P: the teacher's soft pseudo-labels. fasterseg/lpt: first order (T' = T,
 S' = S: the student term vanishes, its val loss is only logged); lbt: exact (nested tapes) or
-finite_difference.py. A None gradient raises HypergradientError, never becomes zero. `terms`
+DARTS' form (darts.py) with exact forward-over-reverse products (hvp.py) or central differences
+(finite_difference.py). A None gradient raises HypergradientError, never becomes zero. `terms`
 splits grad_A F into teacher val / student val / latency (own tape); the val split costs one more
 backward, so it is done only where `diagnose` is true."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable, Optional
 
 import tensorflow as tf
@@ -21,6 +23,7 @@ from lbt_tf import names
 from lbt_tf.config import SearchConfig
 from lbt_tf.search import learner as lrn
 from lbt_tf.search.finite_difference import finite_difference_hypergradient
+from lbt_tf.search.hvp import hvp_hypergradient
 from lbt_tf.search.learner import ArchGradient, Batches, Learner, StepGradients, checked_gradients
 from lbt_tf.search.updates import all_finite, apply_if_finite, replica_mean
 
@@ -183,11 +186,11 @@ class SearchProblem:
                                              latency_weight, batches)
         if mode not in names.SEARCH_MODES or hypergrad not in names.HYPERGRADS:
             raise ValueError(f"unknown search mode {mode!r} or hypergrad {hypergrad!r}")
-        if hypergrad == "finite_difference":
-            return finite_difference_hypergradient(self, teacher_weights, arch, student_weights,
-                                                   xi_t, xi_s, latency_weight, batches, diagnose)
-        return self.exact_hypergradient(teacher_weights, arch, student_weights, xi_t, xi_s,
-                                        latency_weight, batches, diagnose)
+        method = {"exact": self.exact_hypergradient,
+                  "hvp": functools.partial(hvp_hypergradient, self),
+                  "finite_difference": functools.partial(finite_difference_hypergradient, self)}
+        return method[hypergrad](teacher_weights, arch, student_weights, xi_t, xi_s,
+                                 latency_weight, batches, diagnose)
 
 
 def update_architecture(optimizer, variables, result: ArchGradient, clip_norm):

@@ -1,5 +1,8 @@
 """The whole pipeline under kfp's local SubprocessRunner on tiny settings: every artifact is
-written, and the pusher refuses the model the evaluator did not bless."""
+written, and the pusher refuses the model the evaluator did not bless. Reruns on the same
+--run_dir: the same config reuses the finished tasks (kfp's cache) or, with the cache off, runs
+them again but resumes the finished search and retraining instead of redoing them; another
+config is refused before any task runs, naming the stage directory and the flag."""
 import json
 import os
 
@@ -8,6 +11,7 @@ import tensorflow as tf
 
 from lbt_tf import config as config_lib
 from lbt_tf import pipeline_steps
+from lbt_tf.config import ConfigError
 from pipelines import lbt_pipeline
 
 TINY = {"data.image_height": 32, "data.image_width": 64, "data.crop_height": 32,
@@ -24,12 +28,13 @@ TINY = {"data.image_height": 32, "data.image_width": 64, "data.crop_height": 32,
 
 
 @pytest.mark.timeout(1200)
-def test_pipeline_runs_end_to_end_and_refuses_unblessed_model(tmp_path, capsys):
+def test_pipeline_runs_end_to_end_and_refuses_unblessed_model(tmp_path, capfd,
+                                                              directory_contents):
     # no model can be this fast: the evaluator must not bless it
     config = config_lib.replace(config_lib.Config(), run_dir=str(tmp_path / "run"), **TINY,
                                 **{"pipeline.bless_max_latency_ms": 1e-6})
     artifacts = lbt_pipeline.run_pipeline(config)
-    out = capsys.readouterr().out
+    out = capfd.readouterr().out
     root = lbt_pipeline.pipeline_root(config)
     assert root == str(tmp_path / "run" / "pipeline_root")
     assert sorted(artifacts) == sorted(lbt_pipeline.ARTIFACTS)
@@ -73,3 +78,35 @@ def test_pipeline_runs_end_to_end_and_refuses_unblessed_model(tmp_path, capsys):
     served = tf.saved_model.load(pushed["destination"]).signatures["serving_default"]
     labels = served(images=tf.zeros([1, 40, 50, 3], tf.uint8))["labels"]
     assert labels.shape == (1, 40, 50) and labels.dtype == tf.int32
+
+    # The same command again: every task reused from kfp's cache, nothing pushed again.
+    capfd.readouterr()
+    pushed_versions = os.listdir(serving)
+    assert lbt_pipeline.run_pipeline(config) == artifacts
+    assert ("pipeline: reused the finished tasks evaluator, example-gen, pusher, search, "
+            "trainer of an earlier run of the same config") in capfd.readouterr().out
+    assert os.listdir(serving) == pushed_versions
+
+    # Without the cache every task runs again (a new KFP run folder), but the search and the
+    # retraining resume their finished runs in the stage directories instead of redoing them.
+    rerun = lbt_pipeline.run_pipeline(
+        config_lib.replace(config, **{"pipeline.pipeline_cache": False}))
+    out = capfd.readouterr().out
+    run_root = str(tmp_path / "run")
+    search_stage = pipeline_steps.stage_dir(run_root, "search")
+    train_stage = os.path.join(pipeline_steps.stage_dir(run_root, "train"), "train")
+    assert not any(path == artifacts[name] for name, path in rerun.items())
+    assert f"search: {search_stage} holds a run of the same config; resuming it" in out, out
+    assert "at epoch 1 step 0" in out  # the finished epoch, not redone
+    assert f"train: {train_stage} holds a run of the same config; resuming it" in out, out
+    assert open(rerun["architecture"]).read() == open(artifacts["architecture"]).read()
+
+    # Another learning rate on the same --run_dir: refused before any task, nothing changed.
+    before = directory_contents(tmp_path / "run")
+    with pytest.raises(ConfigError) as raised:
+        lbt_pipeline.run_pipeline(config_lib.replace(config, **{"search.teacher_lr": 0.02}))
+    message = str(raised.value)
+    assert message.startswith(f"--run_dir: {search_stage} holds a search run of another "
+                              "config"), message
+    assert "--teacher_lr: 0.01 (recorded) vs 0.02 (now)" in message and "--overwrite" in message
+    assert directory_contents(tmp_path / "run") == before

@@ -108,3 +108,33 @@ def test_compile_pipeline_mode_from_the_command_line(tmp_path):
     default = yaml.safe_load(open(yaml_path))["root"]["inputDefinitions"]["parameters"][
         "config_json"]["defaultValue"]
     assert json.loads(default)["search"]["mode"] == "lbt"
+
+
+def test_stage_check_refuses_another_config_before_any_task(tmp_path, directory_contents):
+    """A pipeline rerun on a run root whose stage directories hold runs of another config is
+    refused (naming the stage directory and the flag) before kfp starts; the trained
+    architecture (a search output, named by its hash) is compared by the trainer, not here."""
+    from lbt_tf import run_record
+    from lbt_tf.retrain import network as network_lib
+    config = config_lib.replace(Config(), run_dir=str(tmp_path))
+    search_stage = pipeline_steps.stage_dir(str(tmp_path), "search")
+    train_config = config_lib.replace(config, run_dir=pipeline_steps.stage_dir(str(tmp_path),
+                                                                               "train"),
+                                      **{"train.arch": str(tmp_path / "arch-1.json")})
+    train_stage = network_lib.train_dir(train_config)
+    for stage, directory, staged in (("search", search_stage, config),
+                                     ("train", train_stage, train_config)):
+        os.makedirs(directory)
+        run_record.start_or_resume(staged, stage, directory, ())
+    before = directory_contents(tmp_path)
+    pipeline_steps.check_stages(config)  # the same config: resumed, not refused
+    for changes, directory, flag in (
+            ({"search.arch_lr": 1e-3}, search_stage, "--arch_lr: 0.0003 (recorded) vs 0.001"),
+            ({"train.lr": 0.02}, train_stage, "--train_lr: 0.01 (recorded) vs 0.02 (now)")):
+        with pytest.raises(ConfigError) as raised:
+            pipeline_steps.check_stages(config_lib.replace(config, **changes))
+        assert str(raised.value).startswith(f"--run_dir: {directory} holds a"), raised.value
+        assert flag in str(raised.value)
+    pipeline_steps.check_stages(config_lib.replace(config, overwrite=True,
+                                                   **{"train.lr": 0.02}))
+    assert directory_contents(tmp_path) == before  # checks write nothing

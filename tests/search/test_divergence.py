@@ -69,8 +69,9 @@ def test_saturating_arch_softmax_stops_the_search(tmp_path, builders):  # noqa: 
     message = str(raised.value)
     assert "softmax of" in message and "--arch_lr=1000" in message, message
     assert "epoch 2 step 1" in message
-    assert message.endswith(f"Last good checkpoint: {tmp_path / 'checkpoints' / 'ckpt-1'}; "
+    assert message.endswith(f"Last good checkpoint: {tmp_path / 'checkpoints' / 'ckpt-2'}; "
                             f"no architecture was written ({tmp_path / 'arch.json'})")
-    assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("ckpt-1")
+    # ckpt-N: after N steps (the warm-up epoch: 2)
+    assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("ckpt-2")
     assert not os.path.exists(tmp_path / "arch.json")
     assert sorted(os.listdir(tmp_path / "arch")) == ["arch_epoch_001.json", "arch_history.json"]

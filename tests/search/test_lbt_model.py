@@ -13,7 +13,8 @@ from tests.search.models_under_test import (MODELS, build, search_dataset,
 
 
 @pytest.mark.parametrize("mode,hypergrad", [("fasterseg", "exact"), ("lpt", "exact"),
-                                            ("lbt", "exact"), ("lbt", "finite_difference")])
+                                            ("lbt", "exact"), ("lbt", "hvp"),
+                                            ("lbt", "finite_difference")])
 def test_search_epoch_updates_arch_and_weights(mode, hypergrad):
     model = stand_in_search_model(mode, hypergrad, warmup_epochs=1)
     arch_before = values(model.teacher_learner.arch_variables)

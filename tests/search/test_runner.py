@@ -91,7 +91,8 @@ def test_run_search_writes_every_output(tmp_path, builders):
     derived = stand_in_derived_latency(json.load(open(result.arch_path)),
                                        {"alpha": (2.0, 1.0), "beta": (1.0, 3.0)}, 0, 0, 0)
     assert state["history"][-1]["derived_latency_ms"] == pytest.approx(derived["total"])
-    assert tf.train.latest_checkpoint(result.checkpoint_dir).endswith("-3")
+    # ckpt-N: after N steps (3 epochs of 2)
+    assert tf.train.latest_checkpoint(result.checkpoint_dir).endswith("-6")
     assert [h["epoch"] for h in result.history] == [1, 2, 3]
     assert 0.0 <= result.teacher_miou <= 1.0 and 0.0 <= result.student_miou <= 1.0
     assert all("val_teacher_miou" in h and "val_student_miou" in h for h in result.history)
@@ -123,22 +124,63 @@ class _Crash(Exception):
 
 def test_resume_after_a_crash_loses_at_most_one_epoch(tmp_path, builders, monkeypatch):
     config = tiny_search_config(tmp_path, "lpt")
-    original = search_callbacks.CheckpointEveryEpoch.on_epoch_end
+    original = search_callbacks.PeriodicCheckpoint.on_epoch_end
 
     def crash_after_epoch_two(self, epoch, logs=None):
         original(self, epoch, logs)
         if epoch == 1:
             raise _Crash()
 
-    monkeypatch.setattr(search_callbacks.CheckpointEveryEpoch, "on_epoch_end",
+    monkeypatch.setattr(search_callbacks.PeriodicCheckpoint, "on_epoch_end",
                         crash_after_epoch_two)
     with pytest.raises(_Crash):
         runner.run_search(config)
-    monkeypatch.setattr(search_callbacks.CheckpointEveryEpoch, "on_epoch_end", original)
+    monkeypatch.setattr(search_callbacks.PeriodicCheckpoint, "on_epoch_end", original)
     saved_arch = json.load(open(tmp_path / "arch" / "arch_history.json"))[-1]["arch_values"]
     resumed = runner.run_search(config_lib.replace(config, resume=True))
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
-    assert tf.train.latest_checkpoint(resumed.checkpoint_dir).endswith("-3")
+    assert tf.train.latest_checkpoint(resumed.checkpoint_dir).endswith("-6")
     # the resumed run started from the saved architecture, not a fresh one
     history = json.load(open(tmp_path / "arch" / "arch_history.json"))
     assert history[1]["arch_values"] == saved_arch
+
+
+def test_resume_mid_epoch_continues_from_the_checkpointed_step(tmp_path, builders, monkeypatch,
+                                                                capsys):
+    """--checkpoint_every_steps=1: a crash after step 1 of epoch 2 (of 3) loses nothing; the
+    rerun starts at that step (not the epoch's start), finishes the epoch, runs epoch 3 (a
+    second `fit`, on a new dataset at the same element) and ends as the uninterrupted run."""
+    changes = {"search.steps_per_epoch": 3, "search.checkpoint_every_steps": 1,
+               "data.synthetic_train_size": 8}  # D_t^tr: 1 batch, reshuffled every step
+    reference = runner.run_search(tiny_search_config(tmp_path / "reference", "lpt", **changes))
+    config = tiny_search_config(tmp_path / "run", "lpt", **changes)
+    original = search_callbacks.PeriodicCheckpoint.on_train_batch_end
+
+    def crash_in_epoch_two(self, batch, logs=None):
+        original(self, batch, logs)
+        if self.epoch == 1 and batch == 0:
+            raise _Crash()
+
+    monkeypatch.setattr(search_callbacks.PeriodicCheckpoint, "on_train_batch_end",
+                        crash_in_epoch_two)
+    with pytest.raises(_Crash):
+        runner.run_search(config)
+    monkeypatch.setattr(search_callbacks.PeriodicCheckpoint, "on_train_batch_end", original)
+    checkpoint_dir = str(tmp_path / "run" / "checkpoints")
+    assert tf.train.latest_checkpoint(checkpoint_dir).endswith("ckpt-4")  # 3 + 1 steps
+    capsys.readouterr()
+    steps_run = []
+    counter = search_callbacks.PeriodicCheckpoint.on_train_batch_end
+    monkeypatch.setattr(search_callbacks.PeriodicCheckpoint, "on_train_batch_end",
+                        lambda self, batch, logs=None: (steps_run.append(self.epoch),
+                                                        counter(self, batch, logs)))
+    resumed = runner.run_search(config)
+    out = capsys.readouterr().out
+    assert "at epoch 1 step 1" in out and "finishing epoch 2 from step 2 of 3" in out, out
+    assert steps_run == [1, 1, 2, 2, 2]  # the 2 steps left of epoch 2, then epoch 3
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    arch_values = [json.load(open(tmp_path / run / "arch" / "arch_history.json"))[-1]
+                   for run in ("run", "reference")]
+    assert arch_values[0] == arch_values[1]  # the architecture parameters, bit for bit
+    for ours, theirs in zip(resumed.history, reference.history):
+        assert ours == theirs  # every logged mean of every epoch, bit for bit

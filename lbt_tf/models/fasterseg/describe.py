@@ -33,11 +33,14 @@ def describe_lines(arch, config, table=None):
                          f"{estimate[f'branch_{branch.output_stride}']:.3f} ms "
                          f"(own cells and refines)")
     if estimate is not None:
+        fit = table.meta.get("calibration")
         lines.append(f"estimated latency at {d.image_height}x{d.image_width}: stem "
                      f"{estimate['stem']:.3f} ms, fusion+head {estimate['fusion']:.3f} ms, "
                      + (f"overhead+resizes+concats {estimate['glue']:.3f} ms, "
                         if "glue" in estimate else "")
-                     + f"total {estimate['total']:.3f} ms")
+                     + f"total {estimate['total']:.3f} ms"
+                     + (f" (calibrated: {fit['offset_ms']:.3f} ms + {fit['scale']:.3f} x table "
+                        f"sum {estimate['table_sum']:.3f} ms)" if fit else ""))
     return lines
 
 

@@ -38,7 +38,7 @@ import tensorflow as tf
 
 from lbt_tf.config import ConfigError
 from lbt_tf.errors import LbtError
-from lbt_tf.models.fasterseg import operations as ops_lib, timing
+from lbt_tf.models.fasterseg import operations as ops_lib, sampling, timing
 from lbt_tf.models.fasterseg.derived import build_derived_network, network_plan
 from lbt_tf.models.fasterseg.operations import num_filters
 from lbt_tf.models.fasterseg.genotype import load_architecture
@@ -49,7 +49,8 @@ _CELL_KINDS = OP_TABLE_NAMES
 COMPAT_MODES = ("faithful", "fasterseg")
 FORMAT = "lbt_tf/latency-table-v3"   # v3: the derived network resizes with TF's kernel
 # Meta fields that must match for a cached table to be re-used.
-REUSE_KEYS = ("format", "device", "runtime", "tensorflow", "height", "width", "batch", "threads")
+REUSE_KEYS = ("format", "device", "runtime", "clock", "tensorflow", "height", "width", "batch",
+              "threads")
 _KEY_RE = re.compile(
     r"^(?P<kind>[A-Za-z_0-9]+?)_H(?P<h>\d+)_W(?P<w>\d+)_C(?:in)?(?P<cin>\d+)"
     r"(?:_Cout(?P<cout>\d+))?(?:_kernel(?P<kernel>\d+))?(?:_stride(?P<stride>\d+))?"
@@ -148,19 +149,33 @@ def device_name() -> str:
     return f"CPU:{model}:{os.cpu_count()} cores"
 
 
-def time_spec(spec: OpSpec, runtime: str = "tf", runs: int = 5, warmup: int = 2,
-              overhead_ms: float = 0.0) -> float:
-    """Median ms of one batch-1 call of the configuration compiled for `runtime`, less the
-    per-call `overhead_ms` (counted once per network instead)."""
-    if spec.kind == "FactorizedReduce" and spec.stride == 1:
-        return 0.0   # identity in the derived network (FasterSeg measures an identity, too)
-    fn, inputs = spec.timed_function()
-    ms = timing.time_callable(timing.compile_for(runtime, fn, inputs), runs, warmup)
-    return max(0.0, ms - overhead_ms)
+def time_specs(specs, runtime: str = "tf", runs: int = 5, warmup: int = 2,
+               clock: str = "wall") -> list:
+    """Median ms (`clock`) of one batch-1 call of each configuration compiled for `runtime`,
+    less the per-call overhead timed in the same rounds (counted once per network instead; for
+    OVERHEAD itself: that overhead). Timed round-robin, every entry until its calls add up to
+    50 ms (at most 1000 rounds): on the loaded 2-core machine a busy spell slows even CPU time
+    (caches, memory bandwidth), and two tables timed entry after entry one after the other gave
+    26 demo-size networks totals 25% apart, ranked alike with rho 0.46 only."""
+    timed = [s for s in specs if s.kind != "overhead" and not
+             (s.kind == "FactorizedReduce" and s.stride == 1)]
+    runners = [timing.compile_for(runtime, *spec.timed_function()) for spec in timed]
+    runners.append(timing.compile_for(runtime, *OVERHEAD.timed_function()))
+    medians = timing.interleaved_medians(runners, runs, warmup, clock, min_total_ms=50.0,
+                                         max_runs=1000)
+    overhead = medians[-1]
+    measured = {spec: max(0.0, ms - overhead) for spec, ms in zip(timed, medians)}
+    # a stride-1 skip is the identity in the derived network (FasterSeg measures one, too)
+    return [overhead if s.kind == "overhead" else measured.get(s, 0.0) for s in specs]
 
 
-def this_device_meta(runtime: str, height: int, width: int, runs: int, warmup: int) -> dict:
-    return {"format": FORMAT, "device": device_name(), "runtime": runtime,
+def this_device_meta(runtime: str, height: int, width: int, runs: int, warmup: int,
+                     clock: str = "wall") -> dict:
+    timing.clock_for(clock)
+    if clock == "cpu" and tf.config.list_physical_devices("GPU"):
+        raise ConfigError("--latency_clock=cpu counts CPU time only; time a GPU with "
+                          "--latency_clock=wall")
+    return {"format": FORMAT, "device": device_name(), "runtime": runtime, "clock": clock,
             "tensorflow": tf.__version__, "height": height, "width": width, "batch": 1,
             # TF's intra-op threads (0: TF's default, every core)
             "threads": (timing.num_threads() if runtime == "tflite"
@@ -197,6 +212,13 @@ class LatencyTable:
         """Whether sums include overhead, resizes and concats (tables timed by lbt_tf)."""
         return self.own or OVERHEAD.key in self.entries
 
+    def calibrated(self, table_sum_ms: float) -> float:
+        """A derived network's predicted ms from its sum of entries: offset + scale * sum with
+        this table's calibration (`calibrate`), the sum itself without one (other devices'
+        tables, FasterSeg's)."""
+        fit = self.meta.get("calibration")
+        return float(fit["offset_ms"] + fit["scale"] * table_sum_ms) if fit else table_sum_ms
+
     def key(self, spec) -> str:
         spec = spec if isinstance(spec, OpSpec) else OpSpec.from_key(spec)
         if self.compat == "fasterseg" and spec.kind == "BasicResidual_downup_2x":
@@ -218,27 +240,50 @@ class LatencyTable:
 
     def measure(self, spec: OpSpec) -> float:
         """This device's ms for spec, less the per-call overhead (counted once per network)."""
-        runs, warmup = int(self.meta.get("runs", 5)), int(self.meta.get("warmup", 2))
-        overhead = 0.0 if spec.kind == "overhead" else self.get(OVERHEAD)
-        return time_spec(spec, self.meta["runtime"], runs, warmup, overhead)
+        return self.measure_many([spec])[0]
 
-    def ensure(self, specs, progress_every: int = 25) -> int:
-        """Measures every spec not yet in the table, printing progress; returns how many."""
+    def measure_many(self, specs) -> list:
+        runs, warmup = int(self.meta.get("runs", 5)), int(self.meta.get("warmup", 2))
+        return time_specs(specs, self.meta["runtime"], runs, warmup,
+                          self.meta.get("clock", "wall"))
+
+    def ensure(self, specs, progress_every: int = 25, chunk: int = 64) -> int:
+        """Measures every spec not yet in the table, round-robin in chunks of `chunk` (a chunk's
+        compiled functions or interpreters are held at once), printing progress; returns how
+        many. One spec (the anchor) is timed again in every later chunk and that chunk's entries
+        are scaled by its ratio, so a busy spell during one chunk does not make all its entries
+        dearer than the others'."""
         missing = sorted({OpSpec.from_key(self.key(s)) for s in specs} - {OVERHEAD},
                          key=lambda s: s.key)
         missing = [s for s in missing if s.key not in self.entries]
-        start = time.perf_counter()
-        for n, spec in enumerate(missing):
-            self.get(spec)
-            if progress_every and ((n + 1) % progress_every == 0 or n + 1 == len(missing)):
+        if OVERHEAD.key not in self.entries:
+            missing.append(OVERHEAD)
+        anchor = next((s for s in missing if s.kind in _CELL_KINDS[1:]),
+                      missing[0] if missing else None)
+        start, anchor_ms = time.perf_counter(), None
+        for first in range(0, len(missing), chunk):
+            part = missing[first:first + chunk]
+            if anchor not in part:
+                part = [anchor] + part
+            timed = dict(zip(part, self.measure_many(part)))
+            scale = 1.0
+            if anchor_ms is None:
+                anchor_ms = timed[anchor]
+            elif timed[anchor] > 0 and anchor_ms > 0:
+                scale = anchor_ms / timed[anchor]
+            for spec, ms in timed.items():
+                if spec.key not in self.entries:
+                    self.entries[spec.key] = ms if spec.kind == "overhead" else ms * scale
+            done = min(first + chunk, len(missing))
+            if progress_every:
                 elapsed = time.perf_counter() - start
-                print(f"latency table ({self.meta.get('runtime')}): measured {n + 1}/"
+                print(f"latency table ({self.meta.get('runtime')}): measured {done}/"
                       f"{len(missing)} in {elapsed:.0f} s, about "
-                      f"{elapsed / (n + 1) * (len(missing) - n - 1):.0f} s left", flush=True)
-        self.retime_outliers(missing)
+                      f"{elapsed / done * (len(missing) - done):.0f} s left", flush=True)
+        self.retime_outliers([s for s in missing if s.kind != "overhead"])
         return len(missing)
 
-    def retime_outliers(self, specs, factor: float = 5.0):
+    def retime_outliers(self, specs, factor: float = 20.0):
         """Times again, keeping the smaller, every entry over `factor` x the median ms per unit
         of work of its kind: on a shared machine a busy spell can cover a whole timing window
         (seen: a 0.09 ms 1x1 conv stored as 144 ms)."""
@@ -431,12 +476,67 @@ def derived_specs(arch, num_classes, height, width, base_width=None, glue=True):
 
 
 def derived_latency(arch, table, num_classes, height, width, base_width=None):
-    """Table-predicted latency (ms) of a derived network: {"total": ms, <group>: ms, ...}.
-    The one prediction of a found network (describe_arch, measure_latency, the search)."""
+    """Table-predicted latency (ms) of a derived network: {"total": ms, "table_sum": ms,
+    <group>: ms, ...}; total is the table's calibration applied to the sum of its entries
+    (`LatencyTable.calibrated`). The one prediction of a found network (describe_arch,
+    measure_latency, the search's log and report)."""
     groups = derived_specs(arch, num_classes, height, width, base_width, table.has_glue)
     result = {name: float(sum(table.get(s) for s in specs)) for name, specs in groups.items()}
-    result["total"] = float(sum(result.values()))
+    result["table_sum"] = float(sum(result.values()))
+    result["total"] = table.calibrated(result["table_sum"])
     return result
+
+
+def measure_networks(archs, num_classes, height, width, runtime, clock="wall", runs=10,
+                     warmup=3):
+    """Median ms of each whole derived network (no aux heads), timed round-robin."""
+    runners = [network_runner(build_derived_network(arch, num_classes, (height, width, 3),
+                                                    aux_heads=False), height, width, runtime)
+               for arch in archs]
+    return timing.interleaved_medians(runners, runs, warmup, clock)
+
+
+def calibration_architectures(teacher_config, count, seed):
+    """The random derived networks a table's calibration is fitted on (sampling.py's)."""
+    if count < 3:
+        raise ConfigError(f"--latency_calibration_networks={count}: need 0 (off) or >= 3")
+    return sampling.sample_architectures(teacher_config, count, seed)
+
+
+def fit_calibration(table, table_sums, measured, seed=0):
+    """Fits whole-network ms = offset + scale * table sum and stores it in the table's meta
+    ("calibration", with the points). Why a fit: ops timed one per call are not what they cost
+    inside a network (on the 2-core machine TFLite networks at 64x128 ran 1.6x their op sum, TF
+    at 256x512 0.9x: the per-call work of a runtime is shared by the ops of one call, caches
+    differ), but the difference is nearly affine in the sum, so one fit per device, runtime,
+    size and clock keeps the sum's ranking and gives it the networks' scale."""
+    scale, offset = np.polyfit(table_sums, measured, 1)
+    table.meta.pop("calibration", None)
+    if scale <= 0:
+        # seen with 3 networks of near-equal cost timed 3 times on the loaded machine
+        logging.warning("latency table %s: calibration networks' measured ms %s do not grow "
+                        "with their table sums %s (the machine too busy, or the networks too "
+                        "alike); predicting plain table sums", table.path,
+                        np.round(measured, 3).tolist(), np.round(table_sums, 3).tolist())
+        return None
+    table.meta["calibration"] = {"offset_ms": float(offset), "scale": float(scale),
+                                 "networks": len(measured), "seed": seed,
+                                 "table_sum_ms": [float(v) for v in table_sums],
+                                 "measured_ms": [float(v) for v in measured]}
+    return table.meta["calibration"]
+
+
+def calibrate(table, teacher_config, num_classes, height, width, count=8, seed=0):
+    """`fit_calibration` on `count` random derived networks of the configured space, timed
+    whole in the table's runtime and clock right after its entries."""
+    archs = calibration_architectures(teacher_config, count, seed)
+    table.ensure([s for arch in archs for group in derived_specs(
+        arch, num_classes, height, width, glue=table.has_glue).values() for s in group])
+    sums = [derived_latency(a, table, num_classes, height, width)["table_sum"] for a in archs]
+    measured = measure_networks(archs, num_classes, height, width, table.meta["runtime"],
+                                table.meta.get("clock", "wall"),
+                                max(10, int(table.meta.get("runs", 5))))
+    return fit_calibration(table, sums, measured, seed)
 
 
 def network_runner(network, height, width, runtime):
@@ -446,9 +546,10 @@ def network_runner(network, height, width, runtime):
     return timing.compile_for(runtime, fn, images)
 
 
-def measure_network(network, height, width, runtime, runs=10, warmup=3) -> float:
-    """Median ms of the whole derived network at batch 1, in the table's runtime."""
-    return timing.time_callable(network_runner(network, height, width, runtime), runs, warmup)
+def measure_network(network, height, width, runtime, runs=10, warmup=3, clock="wall") -> float:
+    """Median ms of the whole derived network at batch 1, in the table's runtime and clock."""
+    return timing.time_callable(network_runner(network, height, width, runtime), runs, warmup,
+                                clock=clock)
 
 
 # ---------------------------------------------------------------------------------- config
@@ -468,7 +569,8 @@ def table_for_config(config, measure=True, runs=5, warmup=2):
     """
     d, tc = config.data, config.teacher
     path = default_table_path(config)
-    meta = this_device_meta(tc.latency_runtime, d.image_height, d.image_width, runs, warmup)
+    meta = this_device_meta(tc.latency_runtime, d.image_height, d.image_width, runs, warmup,
+                            tc.latency_clock)
     table = None
     if os.path.exists(path):
         table = LatencyTable.load(path, compat=tc.latency_compat, measure_missing=True)
@@ -481,7 +583,16 @@ def table_for_config(config, measure=True, runs=5, warmup=2):
             table = None
     if table is None:
         table = LatencyTable({}, meta, path, tc.latency_compat, measure_missing=True)
-    if measure and table.ensure(supernet_specs(tc, d.image_height, d.image_width, d.num_classes)):
+    changed = measure and table.ensure(supernet_specs(tc, d.image_height, d.image_width,
+                                                      d.num_classes))
+    if measure and tc.latency_calibration_networks and "calibration" not in table.meta:
+        fit = calibrate(table, tc, d.num_classes, d.image_height, d.image_width,
+                        tc.latency_calibration_networks, config.seed)
+        if fit:
+            print(f"latency table: calibrated on {fit['networks']} networks: measured = "
+                  f"{fit['offset_ms']:.3f} ms + {fit['scale']:.3f} x table sum", flush=True)
+        changed = True
+    if changed:
         table.save()
     return table, path
 
@@ -518,8 +629,9 @@ def run_measure_latency(config):
                                             aux_heads=False)
             measured = measure_network(network, d.image_height, d.image_width,
                                        table.meta["runtime"], config.eval.latency_runs,
-                                       config.eval.latency_warmup)
-            print(f"{config.train.arch}: measured {measured:.3f} ms ({table.meta['runtime']})")
+                                       config.eval.latency_warmup, table.meta.get("clock", "wall"))
+            print(f"{config.train.arch}: measured {measured:.3f} ms ({table.meta['runtime']}, "
+                  f"{table.meta.get('clock', 'wall')} clock)")
         if table.own:
             table.save()   # keeps entries timed on demand for this network
     print(path)

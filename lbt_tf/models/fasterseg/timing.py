@@ -7,6 +7,13 @@ Runtimes (`--latency_runtime`):
           delegate (what a phone runs): `ai_edge_litert` when installed, else `tf.lite`.
 The latency table's entries and the whole networks of bench/latency_rank.py are timed through
 the same `compile_for`, so a prediction and a measurement differ only by what the sum misses.
+
+Clocks (`--latency_clock`): `wall` (elapsed time, what a dedicated device's user waits) or `cpu`
+(CPU time of this process, all its threads). On a shared CPU the wall clock of a call longer
+than a scheduler slice includes the slices other processes ran: measured here at load 10 on 2
+cores, a 4.2 ms-CPU TFLite network took 8.2 ms wall in every run while its sub-millisecond ops
+ran unpreempted, so sums of op times came out 1.4-2x below whole networks. The CPU clock leaves
+that time out; with one thread per runtime it equals the wall clock of an idle machine.
 """
 from __future__ import annotations
 
@@ -17,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 RUNTIMES = ("tf", "xla", "tflite")
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 def interpreter_name() -> str:
@@ -69,35 +77,46 @@ def compile_for(runtime: str, fn, inputs):
     raise ValueError(f"--latency_runtime={runtime!r}: expected one of {RUNTIMES}")
 
 
+def clock_for(name: str):
+    if name not in CLOCKS:
+        raise ValueError(f"--latency_clock={name!r}: expected one of {tuple(CLOCKS)}")
+    return CLOCKS[name]
+
+
 def time_callable(run, runs: int = 5, warmup: int = 2, min_total_ms: float = 50.0,
-                  max_runs: int = 200) -> float:
+                  max_runs: int = 200, clock: str = "wall") -> float:
     """Median milliseconds of `run()` after `warmup` untimed calls (the first one compiles).
 
     At least `runs` timed calls, more (up to `max_runs`) until they add up to `min_total_ms`:
     a 0.1 ms op then gets a median of hundreds of calls, robust to a busy machine's spikes.
     """
+    now = clock_for(clock)
     for _ in range(max(1, warmup)):
         run()
     timings = []
     while len(timings) < max(1, runs) or (sum(timings) < min_total_ms and len(timings) < max_runs):
-        start = time.perf_counter()
+        start = now()
         run()
-        timings.append((time.perf_counter() - start) * 1e3)
+        timings.append((now() - start) * 1e3)
     return float(np.median(timings))
 
 
-def interleaved_medians(runners, runs: int = 10, warmup: int = 3):
+def interleaved_medians(runners, runs: int = 10, warmup: int = 3, clock: str = "wall",
+                        min_total_ms: float = 0.0, max_runs: int = 200):
     """Median ms per zero-argument runner, timed round-robin (one call each per round), so a
-    busy spell of a shared machine slows every runner alike instead of a few."""
+    busy spell of a shared machine slows every runner alike instead of a few. At least `runs`
+    rounds, more (up to `max_runs`) until every runner's calls add up to `min_total_ms`."""
     for run in runners:
         for _ in range(max(1, warmup)):
             run()
+    now = clock_for(clock)
     timings = [[] for _ in runners]
-    for _ in range(max(1, runs)):
+    while len(timings[0]) < max(1, runs) or (
+            min(sum(t) for t in timings) < min_total_ms and len(timings[0]) < max_runs):
         for run, times in zip(runners, timings):
-            start = time.perf_counter()
+            start = now()
             run()
-            times.append((time.perf_counter() - start) * 1e3)
+            times.append((now() - start) * 1e3)
     return [float(np.median(t)) for t in timings]
 
 
