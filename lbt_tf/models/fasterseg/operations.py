@@ -93,15 +93,15 @@ class BatchNorm(keras.layers.BatchNormalization):
 
 
 def normalize(x, mean, variance, gamma, beta, epsilon):
-    """Training-mode BN over all axes but the last, given x's batch `mean` and `variance`
-    (constants here): tf.nn.batch_normalization's forward, and the analytic gradient w.r.t. x
+    """Training-mode BN over all axes but the last, given x's batch `mean` and `variance`: tf.nn.batch_normalization's forward, and the analytic gradient w.r.t. x
     (through the batch moments), gamma and beta. The gradient recomputes the moments from x, so
     an outer tape sees how it depends on x: second order exact (checked against finite
     differences in tests/search/test_hypergradient.py and tests/fasterseg)."""
     axes = tf.constant(list(range(len(x.shape) - 1)))
     count = float(np.prod(x.shape[:-1]))
-    inv = tf.math.rsqrt(tf.stop_gradient(variance) + epsilon)
-    mean = tf.stop_gradient(mean)
+    # No stop_gradient on the moments: a ForwardAccumulator (the HVP hypergradient) takes the
+    # forward-mode derivative through these ops, which must then be the true one.
+    inv = tf.math.rsqrt(variance + epsilon)
 
     @tf.custom_gradient
     def batch_norm(x, gamma, beta):  # only these three: each argument costs ops in the backward
