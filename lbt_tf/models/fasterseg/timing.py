@@ -17,7 +17,9 @@ that time out; with one thread per runtime it equals the wall clock of an idle m
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import logging
 import time
 
 import numpy as np
@@ -83,6 +85,20 @@ def clock_for(name: str):
     return CLOCKS[name]
 
 
+@contextlib.contextmanager
+def first_calls():
+    """Warm-up calls, which trace each timed function once on purpose: TF's "N out of the last M
+    calls triggered tf.function retracing" warning counts hundreds of distinct table entries
+    as retracing, so it is silenced here (and only here)."""
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def time_callable(run, runs: int = 5, warmup: int = 2, min_total_ms: float = 50.0,
                   max_runs: int = 200, clock: str = "wall") -> float:
     """Median milliseconds of `run()` after `warmup` untimed calls (the first one compiles).
@@ -91,8 +107,9 @@ def time_callable(run, runs: int = 5, warmup: int = 2, min_total_ms: float = 50.
     a 0.1 ms op then gets a median of hundreds of calls, robust to a busy machine's spikes.
     """
     now = clock_for(clock)
-    for _ in range(max(1, warmup)):
-        run()
+    with first_calls():
+        for _ in range(max(1, warmup)):
+            run()
     timings = []
     while len(timings) < max(1, runs) or (sum(timings) < min_total_ms and len(timings) < max_runs):
         start = now()
@@ -106,9 +123,10 @@ def interleaved_medians(runners, runs: int = 10, warmup: int = 3, clock: str = "
     """Median ms per zero-argument runner, timed round-robin (one call each per round), so a
     busy spell of a shared machine slows every runner alike instead of a few. At least `runs`
     rounds, more (up to `max_runs`) until every runner's calls add up to `min_total_ms`."""
-    for run in runners:
-        for _ in range(max(1, warmup)):
-            run()
+    with first_calls():
+        for run in runners:
+            for _ in range(max(1, warmup)):
+                run()
     now = clock_for(clock)
     timings = [[] for _ in runners]
     while len(timings[0]) < max(1, runs) or (
