@@ -208,12 +208,7 @@ def push_saved_model(saved_model_dir: str, serving_dir: str) -> str:
     # Locally, copy under a temporary name and rename (atomic); object stores have no rename.
     remote = "://" in serving_dir
     partial = destination if remote else destination + ".partial"
-    for directory, _, files in tf.io.gfile.walk(saved_model_dir):
-        target_dir = os.path.join(partial, os.path.relpath(directory, saved_model_dir))
-        tf.io.gfile.makedirs(target_dir)
-        for name in files:
-            tf.io.gfile.copy(os.path.join(directory, name), os.path.join(target_dir, name),
-                             overwrite=True)
+    _copy_tree(saved_model_dir, partial)
     if not remote:
         tf.io.gfile.rename(partial, destination)
     return destination
