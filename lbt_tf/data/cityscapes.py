@@ -169,7 +169,7 @@ def prepare_tfds_cityscapes(manual_dir: Optional[str], data_dir: Optional[str]):
             download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
     except DataError:
         raise
-    except Exception as err:
+    except Exception as err:  # tfds raises many types (archives, IO, builder): one DataError
         raise DataError(f"tfds {TFDS_NAME} (--tfds_manual_dir={manual_dir}, "
                         f"--tfds_data_dir={data_dir}) could not be prepared: {err}") from None
     return builder

@@ -123,11 +123,11 @@ def interleaved_medians(runners, runs: int = 10, warmup: int = 3, clock: str = "
     """Median ms per zero-argument runner, timed round-robin (one call each per round), so a
     busy spell of a shared machine slows every runner alike instead of a few. At least `runs`
     rounds, more (up to `max_runs`) until every runner's calls add up to `min_total_ms`."""
+    now = clock_for(clock)   # a bad --latency_clock fails before any warm-up work
     with first_calls():
         for run in runners:
             for _ in range(max(1, warmup)):
                 run()
-    now = clock_for(clock)
     timings = [[] for _ in runners]
     while len(timings[0]) < max(1, runs) or (
             min(sum(t) for t in timings) < min_total_ms and len(timings[0]) < max_runs):
