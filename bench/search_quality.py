@@ -36,6 +36,11 @@ flags.DEFINE_float("quality_reference_ms", 0.0, "Predicted latency (ms) the rand
 flags.DEFINE_integer("quality_interleaved_rounds", 30, "Re-time every network together at the "
                      "end, round-robin over this many rounds (0: keep each run's own evaluate "
                      "timing, taken hours apart under a changing load).")
+flags.DEFINE_integer("quality_retrain_seeds", 1, "Retrainings per network (seeds s, s+1000, "
+                     "...); a network's val mIoU is their mean.")
+flags.DEFINE_integer("quality_eval_val_size", 0, "Synthetic val images the retrained networks "
+                     "are evaluated on (0: --synthetic_val_size, which the searches use every "
+                     "epoch).")
 flags.DEFINE_bool("quality_report_only", False, "Run nothing; report the searches and "
                   "retrainings whose result files exist (a partial or reduced run).")
 
@@ -49,7 +54,8 @@ def main(argv):
         random_archs=f.quality_random, random_pool=f.quality_random_pool,
         tolerance=f.quality_tolerance, target_row=f.quality_target, lock_path=f.quality_lock,
         reference_ms=f.quality_reference_ms, report_only=f.quality_report_only,
-        interleaved_rounds=f.quality_interleaved_rounds)
+        interleaved_rounds=f.quality_interleaved_rounds, retrain_seeds=f.quality_retrain_seeds,
+        eval_val_size=f.quality_eval_val_size)
     search_quality.run_search_quality(lbt_flags.build_config(), options)
 
 

@@ -52,9 +52,10 @@ def run_compare(config) -> List[Dict]:
     return rows
 
 
-def compare_method(config, mode: str, method_dir: str, lock=None) -> Dict:
+def compare_method(config, mode: str, method_dir: str, lock=None, retrain_config=None) -> Dict:
     """Search with `mode`, retrain and evaluate the found architecture; cached as result.json.
-    `lock`: see `retrain_and_evaluate`."""
+    `lock`: see `retrain_and_evaluate`. `retrain_config`: the config of the retraining and its
+    evaluation (default `config`), e.g. with a larger val set than the search's."""
     from lbt_tf.pipeline_steps import search_summary
     from lbt_tf.search.runner import run_search
 
@@ -80,7 +81,7 @@ def compare_method(config, mode: str, method_dir: str, lock=None) -> Dict:
         results_lib.write_json(search_path, search)
 
     print(f"[compare] {mode}: retrain {search['arch_path']}", flush=True)
-    retrained = retrain_and_evaluate(config, search["arch_path"],
+    retrained = retrain_and_evaluate(retrain_config or config, search["arch_path"],
                                      os.path.join(method_dir, "retrain"), lock)
     final_mode = search.get("final_mode", mode)
     label = mode if final_mode == mode else f"{mode} (fell back to {final_mode})"

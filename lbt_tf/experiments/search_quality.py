@@ -8,6 +8,11 @@ the same budget (`<out>/random/rNN/`). Optionally one more LBT search whose late
 the random archs' median predicted latency (`<out>/target/`). All predictions use one latency
 table measured once (`<out>/latency_table_HxW.json`), all measurements the same runtime.
 
+One retraining is one draw (its init and data order follow the seed), and a small val set is
+another: `retrain_seeds` > 1 retrains every network that many times (seeds s, s + 1000, ...) and
+scores it by the mean; `eval_val_size` evaluates the retrained networks on that many synthetic val
+images while the searches keep the config's (small, cheap per epoch) val set.
+
 Outputs: search_quality.md (mean +- std per method and for random, every run, argmax
 stability), search_quality.json, search_quality.png (measured latency vs mIoU). Resumable:
 every search / retraining writes its result file and is skipped on a rerun.
@@ -32,12 +37,14 @@ from lbt_tf.experiments import compare, stability
 from lbt_tf.experiments import results as results_lib
 
 RANDOM = "random"
+RETRAIN_SEED_STRIDE = 1000   # retraining k of a network with seed s runs with s + 1000 k
 TARGET = "lbt (latency target)"
 KINDS = ("alpha", "beta", "gamma")
 RUN_COLUMNS = (("method", "method", "{}"), ("seed", "seed", "{}"),
                ("retrained_miou", "retrained val mIoU", "{:.4f}"),
                ("measured_latency_ms", "measured latency (ms)", "{:.2f}"),
                ("predicted_latency_ms", "predicted latency (ms)", "{:.2f}"),
+               ("retrained_mious", "per retrain seed", "{}"),
                ("teacher_val_miou", "supernet val mIoU (search)", "{:.4f}"),
                ("params", "params", "{:,}"), ("final_mode", "final mode", "{}"))
 
@@ -56,6 +63,9 @@ class QualityOptions:
     stage_processes: bool = True     # each search / retraining in a fresh child process
     interleaved_rounds: int = 30     # re-time all networks together, round-robin (0: keep the
                                      # per-run evaluate timings)
+    retrain_seeds: int = 1           # retrainings per network; its mIoU is their mean
+    eval_val_size: int = 0           # synthetic val images of the retrained networks' evaluation
+                                     # (0: the config's, as the searches)
 
 
 class FileLock:
@@ -234,6 +244,47 @@ def _arch_history(search_dir: str) -> List[Dict]:
     return results_lib.read_json(path).get("arch_history", []) if os.path.isfile(path) else []
 
 
+def retrain_config(config, options: QualityOptions):
+    """The config of every retraining and its evaluation: `config` with the val set of
+    `options.eval_val_size` synthetic images (the searches keep the config's)."""
+    if not options.eval_val_size:
+        return config
+    if config.data.source != "synthetic":
+        raise ConfigError(f"--quality_eval_val_size={options.eval_val_size}: only for "
+                          f"--data_source=synthetic (is {config.data.source})")
+    return config_lib.replace(config, **{"data.synthetic_val_size": options.eval_val_size})
+
+
+def repeat_retraining(config, options: QualityOptions, row: Dict, stage_dir: str,
+                      lock=None) -> Dict:
+    """`row` (one retraining of row["arch_path"] with config.seed) scored by the mean val mIoU of
+    `options.retrain_seeds` retrainings: the further ones run with seeds config.seed + 1000 k
+    (`<stage_dir>/retrain_seed<S>/`, result cached in its result.json). `config`: the
+    retraining config (`retrain_config`)."""
+    if options.retrain_seeds <= 1:
+        return row
+    mious = [row["retrained_miou"]]
+    for k in range(1, options.retrain_seeds):
+        seed = int(config.seed) + RETRAIN_SEED_STRIDE * k
+        retrain_dir = os.path.join(stage_dir, f"retrain_seed{seed}")
+        result_path = os.path.join(retrain_dir, "result.json")
+        if os.path.isfile(result_path):
+            extra = results_lib.read_json(result_path)
+        elif options.report_only:
+            continue
+        else:
+            print(f"[search_quality] retrain {row['arch_path']} with seed {seed}", flush=True)
+            extra = run_stage(options, compare.retrain_and_evaluate,
+                              config_lib.replace(config, seed=seed), row["arch_path"],
+                              retrain_dir, lock)
+            results_lib.write_json(result_path, extra)
+        mious.append(extra["retrained_miou"])
+    stats = mean_std(mious)
+    return dict(row, retrained_miou=stats["mean"], retrained_miou_seed_std=stats["std"],
+                retrained_miou_first=mious[0],
+                retrained_mious=" / ".join(f"{m:.3f}" for m in mious))
+
+
 def run_random(config, options: QualityOptions, table, reference_ms: float, lock=None):
     """Retrains the first `options.random_archs` random archs (pool seeded by config.seed)
     whose predicted latency is within the band around `reference_ms`; returns (rows, pool
@@ -245,10 +296,12 @@ def run_random(config, options: QualityOptions, table, reference_ms: float, lock
     rows = []
     for n, index in enumerate(kept[:options.random_archs]):
         seed = int(options.seeds[n % len(options.seeds)])
+        seed_config = retrain_config(config_lib.replace(config, seed=seed), options)
         run_dir = os.path.join(config.run_dir, RANDOM, f"r{index:02d}")
         result_path = os.path.join(run_dir, "result.json")
         if os.path.isfile(result_path):
-            rows.append(results_lib.read_json(result_path))
+            rows.append(repeat_retraining(seed_config, options,
+                                          results_lib.read_json(result_path), run_dir, lock))
             continue
         if options.report_only:
             continue
@@ -256,13 +309,12 @@ def run_random(config, options: QualityOptions, table, reference_ms: float, lock
         genotype.save_architecture(pool[index], arch_path)
         print(f"[search_quality] random #{index} ({pool_latency[index]:.2f} ms predicted)",
               flush=True)
-        row = dict(run_stage(options, compare.retrain_and_evaluate,
-                             config_lib.replace(config, seed=seed), arch_path,
+        row = dict(run_stage(options, compare.retrain_and_evaluate, seed_config, arch_path,
                              os.path.join(run_dir, "retrain"), lock),
                    method=RANDOM, seed=seed, pool_index=index, arch_path=arch_path,
                    predicted_latency_ms=pool_latency[index])
         results_lib.write_json(result_path, row)
-        rows.append(row)
+        rows.append(repeat_retraining(seed_config, options, row, run_dir, lock))
     return rows, len(pool)
 
 
@@ -325,9 +377,12 @@ def run_search_quality(config, options: QualityOptions) -> Dict[str, str]:
             if options.report_only and not os.path.isfile(os.path.join(run_dir, "result.json")):
                 continue
             result_path = os.path.join(run_dir, "result.json")
+            seed_config = config_lib.replace(config, seed=int(seed))
             row = (results_lib.read_json(result_path) if os.path.isfile(result_path) else
-                   run_stage(options, compare.compare_method,
-                             config_lib.replace(config, seed=int(seed)), method, run_dir, lock))
+                   run_stage(options, compare.compare_method, seed_config, method, run_dir,
+                             lock, retrain_config(seed_config, options)))
+            row = repeat_retraining(retrain_config(seed_config, options), options, row, run_dir,
+                                    lock)
             arch = genotype.load_architecture(row["arch_path"])
             runs.append(dict(row, method=method, seed=int(seed),
                              predicted_latency_ms=predicted_latency(arch, table, config)))
@@ -350,7 +405,13 @@ def run_search_quality(config, options: QualityOptions) -> Dict[str, str]:
             "search": f"{config.search.warmup_epochs} warm-up + {config.search.epochs} search "
                       f"epochs x {config.search.steps_per_epoch} steps",
             "retraining": f"{config.train.epochs} epochs x {config.train.steps_per_epoch} "
-                          f"steps, lr {config.train.lr}, batch {d.batch_size}",
+                          f"steps, lr {config.train.lr}, batch {d.batch_size}; "
+                          f"{options.retrain_seeds} seed(s) per network (mIoU: their mean; "
+                          f"seeds s + {RETRAIN_SEED_STRIDE} k)",
+            "val set": (f"{retrain_config(config, options).data.synthetic_val_size} synthetic "
+                        f"images for the retrained networks, {d.synthetic_val_size} for the "
+                        f"supernet's per-epoch mIoU during the search"
+                        if d.source == "synthetic" else "the val split"),
             "seeds": list(options.seeds),
             "random": f"{len(random_latency)} kept of {pool_size} sampled (seed {config.seed}) "
                       f"within ±{options.tolerance:.0%} of "
@@ -368,7 +429,8 @@ def run_search_quality(config, options: QualityOptions) -> Dict[str, str]:
                    config, **{"search.adaptive_latency": True,
                               "search.latency_target_min_ms": 0.95 * target,
                               "search.latency_target_max_ms": 1.05 * target}), "lbt", run_dir,
-                   lock))
+                   lock, retrain_config(config, options)))
+        row = repeat_retraining(retrain_config(config, options), options, row, run_dir, lock)
         if "latency_target_band_ms" in row:  # the target the search ran with
             target = statistics.fmean(row["latency_target_band_ms"])
         arch = genotype.load_architecture(row["arch_path"])
@@ -407,5 +469,6 @@ def run_search_quality(config, options: QualityOptions) -> Dict[str, str]:
 
 
 __all__ = ["QualityOptions", "FileLock", "mean_std", "summarize", "method_stability",
+           "retrain_config", "repeat_retraining",
            "report_markdown", "plot_latency_vs_miou", "write_report", "run_random",
            "measure_interleaved", "run_stage", "run_search_quality"]

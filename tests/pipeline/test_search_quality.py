@@ -85,7 +85,7 @@ def test_run_search_quality_with_stand_in_stages(tmp_path, monkeypatch):
                             "search.warmup_epochs": 1, "search.epochs": 4})
     calls = []
 
-    def compare_method(cfg, mode, method_dir, lock=None):
+    def compare_method(cfg, mode, method_dir, lock=None, retrain_config=None):
         calls.append(("search", mode, cfg.seed, cfg.search.latency_target_max_ms))
         arch = sampling.sample_architectures(cfg.teacher, 1, seed=cfg.seed + 7)[0]
         arch_path = os.path.join(method_dir, "search", "arch.json")
@@ -146,6 +146,52 @@ def test_run_search_quality_with_stand_in_stages(tmp_path, monkeypatch):
     methods = [r["method"] for r in json.load(open(paths["json"]))["runs"]]
     assert "fasterseg" not in methods and methods.count("random") == 3
     assert methods.count("lbt") == 1 and methods.count("lpt") == 2
+
+
+def test_retrain_seeds_average_and_a_larger_eval_val_set(tmp_path, monkeypatch):
+    """--quality_retrain_seeds=3: every network is retrained with seeds s, s+1000, s+2000 and
+    scored by the mean; --quality_eval_val_size: the retrainings see the larger val set, the
+    searches keep theirs; a rerun retrains nothing."""
+    from lbt_tf.experiments import compare
+    from lbt_tf.models.fasterseg import genotype, sampling
+    from tests.fasterseg.conftest import tiny_config
+    config = tiny_config(**{"teacher.layers": 6, "run_dir": str(tmp_path),
+                            "data.synthetic_val_size": 8})
+    calls = []
+
+    def compare_method(cfg, mode, method_dir, lock=None, retrain_config=None):
+        calls.append(("search", cfg.data.synthetic_val_size,
+                      retrain_config.data.synthetic_val_size))
+        arch_path = os.path.join(method_dir, "search", "arch.json")
+        genotype.save_architecture(sampling.sample_architectures(cfg.teacher, 1, 3)[0],
+                                   arch_path)
+        row = {"arch_path": arch_path, "retrained_miou": 0.5, "measured_latency_ms": 3.0}
+        with open(os.path.join(method_dir, "result.json"), "w") as f:
+            json.dump(row, f)
+        return row
+
+    def retrain_and_evaluate(cfg, arch_path, retrain_dir, lock=None):
+        calls.append(("retrain", cfg.seed, cfg.data.synthetic_val_size))
+        return {"retrained_miou": 0.4 + cfg.seed / 1e5, "measured_latency_ms": 3.1}
+
+    monkeypatch.setattr(compare, "compare_method", compare_method)
+    monkeypatch.setattr(compare, "retrain_and_evaluate", retrain_and_evaluate)
+    monkeypatch.setattr(latency, "table_for_config", lambda cfg: (MacTable(), "table.json"))
+    options = search_quality.QualityOptions(
+        methods=("lbt",), seeds=(0,), random_archs=1, random_pool=24, target_row=False,
+        interleaved_rounds=0, stage_processes=False, retrain_seeds=3, eval_val_size=96)
+    runs = json.load(open(search_quality.run_search_quality(config, options)["json"]))["runs"]
+    assert calls[0] == ("search", 8, 96)
+    assert sorted(c[1:] for c in calls if c[0] == "retrain") == [
+        (0, 96), (1000, 96), (1000, 96), (2000, 96), (2000, 96)]   # random r: seed 0 too
+    lbt, random_row = runs
+    assert lbt["retrained_miou"] == pytest.approx((0.5 + 0.41 + 0.42) / 3)
+    assert lbt["retrained_mious"] == "0.500 / 0.410 / 0.420"
+    assert random_row["retrained_miou"] == pytest.approx(0.41)
+    assert random_row["retrained_miou_seed_std"] == pytest.approx(0.01)
+    calls.clear()
+    runs_again = json.load(open(search_quality.run_search_quality(config, options)["json"]))
+    assert calls == [] and runs_again["runs"] == runs                # cached, not re-averaged
 
 
 def test_run_stage_runs_each_stage_in_its_own_process():
