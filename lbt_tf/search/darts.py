@@ -61,11 +61,14 @@ def darts_hypergradient(products: MixedProducts, problem, teacher_weights, arch,
     v, grads = v_teacher, direct
     student_val = None
     if problem.student is not None:
-        with tf.GradientTape() as probs_tape:
+        # Each stage starts once the previous one's result exists (lrn.after), so that its
+        # weight copies and activations are not alive beside the previous stage's.
+        with tf.GradientTape() as probs_tape, lrn.after(val_grads):
             probs_tape.watch(teacher_and_arch)
             probs = problem.teacher_probs(new_teacher, arch, batches.unlabeled)
-        new_student = problem.virtual_student_step(student_weights, tf.stop_gradient(probs),
-                                                   xi_s, batches, reuse)
+        with lrn.after(probs):
+            new_student = problem.virtual_student_step(student_weights, tf.stop_gradient(probs),
+                                                       xi_s, batches, reuse)
         with tf.GradientTape() as student_tape:
             student_tape.watch(new_student)
             student_val = problem.student_loss(new_student, batches.student_val)
@@ -82,16 +85,19 @@ def darts_hypergradient(products: MixedProducts, problem, teacher_weights, arch,
         grads = lrn.axpy(coeff, g_soft[num_t:], direct)
 
     xi_t = tf.cast(xi_t, dtype)
-    grads = lrn.axpy(-xi_t, products.arch_product(problem, teacher_weights, arch, v,
-                                                  batches.teacher_train), grads)
     teacher_grads = None
     if diagnose is not None:
-        teacher_grads = tf.cond(
-            diagnose,
-            lambda: lrn.axpy(-xi_t, products.arch_product(problem, teacher_weights, arch,
-                                                          v_teacher, batches.teacher_train),
-                             direct),
-            lambda: [tf.zeros_like(a) for a in arch])
+        # Before the main product (after v: v_teacher is then the only extra copy alive), so
+        # that v_teacher is released on the steps that skip it.
+        with lrn.after(v, grads):
+            teacher_grads = tf.cond(
+                diagnose,
+                lambda: lrn.axpy(-xi_t, products.arch_product(
+                    problem, teacher_weights, arch, v_teacher, batches.teacher_train), direct),
+                lambda: [tf.zeros_like(a) for a in arch])
+    with lrn.after(v, grads, teacher_grads):
+        grads = lrn.axpy(-xi_t, products.arch_product(problem, teacher_weights, arch, v,
+                                                      batches.teacher_train), grads)
     latency, lat_grads = problem.latency_gradient(arch, latency_weight)
     return problem.result(grads, teacher_grads, teacher_val, student_val, latency, lat_grads,
                           reuse)

@@ -269,7 +269,10 @@ class LBTSearch(keras.Model):
         finite, reuse = tf.constant(True), None
         if self.phase == "search":
             finite, reuse = self._arch_step(batches)
-        finite = tf.logical_and(finite, self._weight_step(batches, reuse))
+        # After the arch step: the weight steps' clipped copies of the reused gradients (1 GB
+        # for the supernet at the paper's size) are not made while the hypergradient's are alive.
+        with lrn.after(finite):
+            finite = tf.logical_and(finite, self._weight_step(batches, reuse))
         self._count_skip(tf.logical_not(finite))
         logs = {m.name: m.result() for m in self.metrics if m is not self.teacher_miou
                 and m is not self.student_miou}

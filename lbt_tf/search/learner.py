@@ -54,6 +54,15 @@ def add_scaled(grads, scale, others):
     return [g if o is None else g + scale * o for g, o in zip(grads, others)]
 
 
+def after(*tensors):
+    """Context: the ops created inside run only once `tensors` (nested, None skipped) exist.
+    In a graph the executor runs every op whose inputs are ready, so without it the stages of
+    the unrolled step (each with its own ~1 GB copy of the supernet's weights at the paper's
+    size: T', T + eps v, T - eps v, ...) can all be alive at once. Values are unchanged."""
+    deps = [t for t in tf.nest.flatten(tensors) if t is not None]
+    return tf.control_dependencies(deps)
+
+
 def global_norm(tensors):
     return tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(t)) for t in tensors]))
 

@@ -101,7 +101,8 @@ class SearchProblem:
     def virtual_student_step(self, weights, probs, xi_s, batches: Batches, reuse: StepGradients):
         """(2): S' given the teacher's soft pseudo-labels `probs` on D_u; fills `reuse`."""
         loss, grads, stats = self.student_gradient(weights, batches.student_train)
-        pl_loss, pl_grads = self.pseudo_label_gradient(weights, batches.unlabeled, probs)
+        with lrn.after(grads):  # one student pass's activations alive at a time
+            pl_loss, pl_grads = self.pseudo_label_gradient(weights, batches.unlabeled, probs)
         total = checked_gradients(lrn.add_scaled(grads, self.pseudo_label_weight, pl_grads),
                                   self.student.weight_names, "virtual student step")
         reuse.student_loss, reuse.student_grads, reuse.student_stats = loss, grads, stats
