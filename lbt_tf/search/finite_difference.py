@@ -16,7 +16,6 @@ import tensorflow as tf
 
 from lbt_tf.search import darts
 from lbt_tf.search import learner as lrn
-from lbt_tf.search.learner import checked_gradients
 
 
 def _step(scale, direction):
@@ -33,11 +32,8 @@ class CentralDifferences:
         eps, v_norm = _step(problem.finite_difference_scale, v)
 
         def arch_grad_at(weights):
-            with tf.GradientTape() as tape:
-                tape.watch(arch)
-                loss = problem.teacher_loss(weights, arch, batch)
-            return checked_gradients(tape.gradient(loss, arch), problem.teacher.arch_names,
-                                     "FD: grad_A L_t^tr(T +- eps v)")
+            return problem.teacher_arch_gradient(weights, arch, batch,
+                                                 "FD: grad_A L_t^tr(T +- eps v)")[1]
 
         with tf.name_scope("fd_plus"):
             plus = arch_grad_at(lrn.axpy(eps, v, teacher_weights))

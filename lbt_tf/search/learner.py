@@ -104,17 +104,26 @@ class Learner:
     def non_trainable_values(self):
         return [tf.convert_to_tensor(v.value) for v in self.non_trainable_variables]
 
-    def forward(self, weights, arch, x, training=True, non_trainable=None):
-        """(outputs, new non-trainable values) of the model at the given values."""
+    def forward(self, weights, arch, x, training=True, non_trainable=None, inline=False):
+        """(outputs, new non-trainable values) of the model at the given values. `inline`: not
+        through the traced forward even with trace_once (inside a `traced` function)."""
         if non_trainable is None:
             non_trainable = self.non_trainable_values()
-        if not self.trace_once:
+        if not self.trace_once or inline:
             return self._stateless_forward(weights, arch, x, training, non_trainable)
-        if training not in self._traced:
-            self._traced[training] = tf.function(
-                lambda w, a, n, images: self._stateless_forward(w, a, images, training, n),
-                autograph=False, experimental_attributes={"_noinline": True})
-        return self._traced[training](list(weights), list(arch), list(non_trainable), x)
+        forward = self.traced(("forward", training), lambda w, a, n, images: (
+            self._stateless_forward(w, a, images, training, n)))
+        return forward(list(weights), list(arch), list(non_trainable), x)
+
+    def traced(self, key, fn):
+        """`fn`, or with trace_once one non-inlined tf.function of it per key (traced once,
+        called wherever the step needs it)."""
+        if not self.trace_once:
+            return fn
+        if key not in self._traced:
+            self._traced[key] = tf.function(fn, autograph=False,
+                                            experimental_attributes={"_noinline": True})
+        return self._traced[key]
 
     def _stateless_forward(self, weights, arch, x, training, non_trainable):
         values = [None] * (len(self.weight_positions) + len(self.arch_positions))

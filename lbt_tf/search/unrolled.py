@@ -61,6 +61,22 @@ class SearchProblem:
         grads = tape.gradient(loss, weights)
         return loss, checked_gradients(grads, self.teacher.weight_names, what), stats
 
+    def teacher_arch_gradient(self, weights, arch, batch, what):
+        """(L(T, A; batch), grad_A) at fixed T. With trace_once one traced function for all such
+        passes whose forward is inline, so that its backward computes no gradient w.r.t. T (the
+        traced forward's backward computes every input's: 1 GB and the filter-gradient
+        convolutions at the paper's size, then dropped)."""
+        def loss_and_gradient(weights, arch, images, labels):
+            with tf.GradientTape() as tape:
+                tape.watch(arch)
+                outputs, _ = self.teacher.forward(weights, arch, images, inline=True)
+                loss = lrn.teacher_seg_loss(outputs, labels, self.ignore_label)
+            return loss, tape.gradient(loss, arch)
+
+        loss, grads = self.teacher.traced("arch_gradient", loss_and_gradient)(
+            list(weights), list(arch), *batch)
+        return loss, checked_gradients(grads, self.teacher.arch_names, what)
+
     def student_gradient(self, weights, batch):
         """(L(S; batch), grad_S, new statistics); grads may hold None (checked once summed with
         the pseudo-label term)."""
@@ -151,11 +167,9 @@ class SearchProblem:
                              batches: Batches):
         """fasterseg / lpt: grad_A [L(T, A; D_t^val) + lambda_lat Lat(A)] at the current T; the
         student's val loss (lpt) does not depend on A at S' = S and is only logged."""
-        with tf.GradientTape() as tape:
-            tape.watch(arch)
-            teacher_val = self.teacher_loss(teacher_weights, arch, batches.teacher_val)
-        grads = checked_gradients(tape.gradient(teacher_val, arch), self.teacher.arch_names,
-                                  "first-order arch gradient")
+        teacher_val, grads = self.teacher_arch_gradient(teacher_weights, arch,
+                                                        batches.teacher_val,
+                                                        "first-order arch gradient")
         latency, lat_grads = self.latency_gradient(arch, latency_weight)
         result = self.result(grads, grads, teacher_val, None, latency, lat_grads)
         if student_weights is not None:
