@@ -6,6 +6,7 @@ here, and the BatchNorm statistics a pass returns are kept only where a real ste
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Dict, List, NamedTuple, Optional, Protocol, Sequence, runtime_checkable
 
@@ -60,7 +61,11 @@ def after(*tensors):
     the unrolled step (each with its own ~1 GB copy of the supernet's weights at the paper's
     size: T', T + eps v, T - eps v, ...) can all be alive at once. Values are unchanged."""
     deps = [t for t in tf.nest.flatten(tensors) if t is not None]
-    return tf.control_dependencies(deps)
+    if tf.executing_eagerly() or not deps:
+        return contextlib.nullcontext()  # eager ops run in program order anyway
+    # One NoOp carries the dependencies: each op made inside gets one control edge, not one per
+    # tensor (a list of ~1600 weights would add ~1600 edges to every op of a forward pass).
+    return tf.control_dependencies([tf.group(*deps)])
 
 
 def global_norm(tensors):
