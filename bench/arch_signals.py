@@ -24,6 +24,7 @@ import tensorflow as tf  # noqa: E402
 
 from lbt_tf import config as config_lib  # noqa: E402
 from lbt_tf.models.fasterseg import latency as latency_lib  # noqa: E402
+from lbt_tf.models.fasterseg.latency_table import LatencyTable  # noqa: E402
 from lbt_tf.search import runner  # noqa: E402
 from tests.search.models_under_test import ROOT, flagfile_config  # noqa: E402
 
@@ -32,7 +33,7 @@ def synthetic_table(config):
     d = config.data
     specs = latency_lib.supernet_specs(config.teacher, d.image_height, d.image_width,
                                        d.num_classes)
-    return latency_lib.LatencyTable(
+    return LatencyTable(
         {s.key: 0.1 + (zlib.crc32(s.key.encode()) % 1000) / 100.0 for s in specs})
 
 

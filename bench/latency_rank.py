@@ -26,7 +26,7 @@ import tensorflow as tf
 
 from lbt_tf import config as config_lib, flags as lbt_flags
 from lbt_tf.models.fasterseg import (build_derived_network, derive_architecture, import_fasterseg,
-                                     latency, timing)
+                                     latency, latency_table, timing)
 from lbt_tf.models.fasterseg.space import arch_variable_shapes, searched_widths
 
 flags.DEFINE_integer("bench_networks", 24, "Random derived networks (plus arch_0/arch_1).")
@@ -141,7 +141,7 @@ def main(argv):
             measured = timed[:len(networks)]
             table.meta.pop("calibration", None)
             if calibration:
-                latency.fit_calibration(table, [latency.derived_latency(
+                latency_table.fit_calibration(table, [latency.derived_latency(
                     a, table, d.num_classes, height, width)["table_sum"] for a in calibration],
                     timed[len(networks):], config.seed)
             fit = table.meta.get("calibration")

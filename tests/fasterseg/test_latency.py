@@ -1,12 +1,14 @@
-"""Latency model: FasterSeg parity, table round trip / reuse key / foreign tables, a rank check."""
+"""The FasterSeg space's latency (latency.py): FasterSeg parity, the config's table (timed,
+re-used, re-timed), a rank check, one reported number per network."""
 import json
 
 import numpy as np
 import pytest
 
-from lbt_tf.models.fasterseg import build_derived_network, import_fasterseg, latency as latency_lib, timing
-from lbt_tf.models.fasterseg.latency import LatencyTable, LatencyTableError, OpSpec
 from lbt_tf import config as config_lib
+from lbt_tf.models.fasterseg import (build_derived_network, import_fasterseg, latency as latency_lib,
+                                     latency_table, timing)
+from lbt_tf.models.fasterseg.latency_table import LatencyTable
 from tests.fasterseg.conftest import shared_file, tiny_config
 from tests.fasterseg.test_genotype_derived import REFERENCE
 
@@ -139,20 +141,6 @@ def test_parity_with_fasterseg_forward_latency(index, fasterseg_table):
     assert totals["fasterseg"] > totals["faithful"] + 0.1
 
 
-def test_foreign_table_is_never_topped_up(tmp_path):
-    path = tmp_path / "other_device.json"
-    key = "BasicResidual1x_H4_W8_Cin16_Cout16_stride1_dilation1"
-    path.write_text(json.dumps({"meta": {"device": "GPU:elsewhere", "runtime": "tf"},
-                                "entries": {key: 1.5}}))
-    table = LatencyTable.load(str(path), measure_missing=True)
-    assert not table.own and table.get(key) == 1.5
-    missing = "BasicResidual2x_H4_W8_Cin16_Cout16_stride1_dilation1"
-    with pytest.raises(LatencyTableError) as err:
-        table.get(missing)
-    assert missing in str(err.value) and str(path) in str(err.value)
-    assert missing not in table.entries
-
-
 def test_table_round_trip_and_reuse_key(tmp_path, monkeypatch):
     config = tiny_config(**{"teacher.layers": 3, "teacher.width_mult_list": (0.5, 1.0),
                             "run_dir": str(tmp_path), "teacher.latency_calibration_networks": 0})
@@ -161,14 +149,14 @@ def test_table_round_trip_and_reuse_key(tmp_path, monkeypatch):
     def fake_time(specs, runtime, runs, warmup, clock):
         timed.extend((spec.key, runtime) for spec in specs)
         return [0.5 if spec.kind == "overhead" else 1.0 + spec.cin / 100 - 0.5 for spec in specs]
-    monkeypatch.setattr(latency_lib, "time_specs", fake_time)
+    monkeypatch.setattr(latency_table, "time_specs", fake_time)
     table, path = latency_lib.table_for_config(config)
     assert path.endswith("latency_table_tf_32x64.json")
     assert {key for key, _ in timed} == set(table.entries)
     saved = json.load(open(path))
     meta = saved["meta"]
     assert (meta["runtime"], meta["height"], meta["width"], meta["batch"]) == ("tf", 32, 64, 1)
-    assert meta["device"] == latency_lib.device_name() and meta["tensorflow"]
+    assert meta["device"] == latency_table.device_name() and meta["tensorflow"]
     assert saved["entries"]["overhead"] == 0.5
     key = "BasicResidual2x_H4_W8_Cin16_Cout16_stride1_dilation1"
     assert saved["entries"][key] == pytest.approx(1.16 - 0.5)   # per-call overhead taken out
@@ -205,61 +193,6 @@ def test_bigger_network_predicted_and_measured_slower(tmp_path):
     assert predicted[1] > 1.5 * predicted[0] and measured[1] > 1.5 * measured[0]
 
 
-def test_tflite_timing_runs_the_layer_with_its_weights():
-    """The TFLite runtime times the converted op with its weights embedded (not zeros/NaN)."""
-    spec = OpSpec("BasicResidual2x", 8, 16, 8, 16, 2)
-    fn, inputs = spec.timed_function()
-    run = timing.compile_for("tflite", fn, inputs)
-    run()
-    assert latency_lib.time_specs([spec], "tflite", runs=2, warmup=1)[0] > 0
-    interpreter = run.__self__
-    out = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
-    np.testing.assert_allclose(out, fn(inputs).numpy(), atol=1e-4)
-
-
-def test_entry_timed_in_a_busy_spell_is_retimed(monkeypatch):
-    """An entry far slower per unit of work than others of its kind is timed again, the
-    smaller value kept (a busy spell of a shared machine can cover a whole timing window)."""
-    specs = [OpSpec("ConvNorm", 8, 16, c, c, 1, 1) for c in (8, 16, 24, 32, 40)]
-    spell = {specs[2].key: 1}   # its first timing falls in a busy spell
-
-    def fake_time(specs, runtime, runs, warmup, clock):
-        return [0.0 if spec.kind == "overhead" else
-                1e-4 * spec.cin * spec.cout * (1000 if spell.pop(spec.key, 0) else 1)
-                for spec in specs]
-    monkeypatch.setattr(latency_lib, "time_specs", fake_time)
-    table = LatencyTable({}, latency_lib.this_device_meta("tf", 32, 64, 1, 1),
-                         measure_missing=True)
-    table.ensure(specs, progress_every=0)
-    assert table.get(specs[2]) == pytest.approx(1e-4 * 24 * 24)
-
-
-def test_a_busy_chunk_is_scaled_back_by_the_anchor(monkeypatch):
-    """Entries are timed in chunks; the anchor spec, timed again in every chunk, scales a chunk
-    timed during a busy spell back to the others."""
-    specs = [OpSpec("ConvNorm", 8, 16, c, c, 1, 1) for c in range(8, 18)]
-    chunks = []
-
-    def fake_time(specs, runtime, runs, warmup, clock):
-        chunks.append(specs)
-        slow = 2.0 if len(chunks) == 2 else 1.0   # a busy spell during the second chunk
-        return [0.1 if s.kind == "overhead" else slow * 1e-3 * s.cin for s in specs]
-    monkeypatch.setattr(latency_lib, "time_specs", fake_time)
-    table = LatencyTable({}, latency_lib.this_device_meta("tf", 32, 64, 1, 1),
-                         measure_missing=True)
-    table.ensure(specs, progress_every=0, chunk=4)
-    assert len(chunks) == 3 and chunks[1][0] == chunks[2][0] == chunks[0][0]
-    for spec in specs:
-        assert table.entries[spec.key] == pytest.approx(1e-3 * spec.cin)
-    assert table.entries["overhead"] == 0.1
-
-
-def test_glue_keys_parse_back():
-    for spec in (OpSpec("resize", 8, 16, 19, 19, 8), OpSpec("concat", 8, 16, 24, 40),
-                 latency_lib.OVERHEAD):
-        assert OpSpec.from_key(spec.key) == spec
-
-
 def test_search_describe_and_measure_latency_report_one_number(tmp_path, monkeypatch, capsys):
     """The latency the search logs and reports for the network it found
     (`runner.derived_latency_fn`), `--mode=describe_arch`'s total and `--mode=measure_latency`'s
@@ -278,7 +211,7 @@ def test_search_describe_and_measure_latency_report_one_number(tmp_path, monkeyp
     def network_ms(arch):   # a whole network: 0.25 ms + 1.5 x its entries (what calibrate fits)
         specs = latency_lib.derived_specs(arch, d.num_classes, d.image_height, d.image_width)
         return 0.25 + 1.5 * sum(entry_ms(s) for group in specs.values() for s in group)
-    monkeypatch.setattr(latency_lib, "time_specs",
+    monkeypatch.setattr(latency_table, "time_specs",
                         lambda specs, *a, **k: [entry_ms(s) for s in specs])
     monkeypatch.setattr(latency_lib, "measure_networks",
                         lambda archs, *a, **k: [network_ms(arch) for arch in archs])
@@ -301,49 +234,3 @@ def test_search_describe_and_measure_latency_report_one_number(tmp_path, monkeyp
     assert searched == pytest.approx(network_ms(arch))
     assert described == pytest.approx(searched, abs=1e-3)
     assert predicted == pytest.approx(searched, abs=1e-3)
-
-
-def test_calibration_that_does_not_grow_is_not_used():
-    """A fit whose scale is not positive (networks too alike or the machine too busy) is not
-    stored; predictions stay plain table sums."""
-    table = LatencyTable({}, {"calibration": {"offset_ms": 9.0, "scale": 9.0}})
-    assert latency_lib.fit_calibration(table, [1.0, 2.0, 3.0], [3.0, 2.5, 2.0]) is None
-    assert "calibration" not in table.meta and table.calibrated(2.0) == 2.0
-    fit = latency_lib.fit_calibration(table, [1.0, 2.0, 3.0], [1.5, 2.5, 3.5])
-    assert (fit["offset_ms"], fit["scale"]) == (pytest.approx(0.5), pytest.approx(1.0))
-    assert table.calibrated(2.0) == pytest.approx(2.5)
-
-
-def test_cpu_clock_leaves_out_time_the_process_does_not_run():
-    """--latency_clock=cpu: time this process spends off the CPU (here asleep; on a shared
-    machine, other processes' slices) is not counted; the wall clock counts it."""
-    import time
-    nap = lambda: time.sleep(0.02)   # noqa: E731
-    wall, cpu = (timing.interleaved_medians([nap], runs=3, warmup=1, clock=c)[0]
-                 for c in ("wall", "cpu"))
-    assert wall >= 20.0 and cpu < 5.0
-    with pytest.raises(ValueError, match="latency_clock"):
-        timing.clock_for("gpu")
-
-
-def test_timing_many_compiled_functions_logs_no_retracing_warning():
-    """Each table entry is its own tf.function, traced once on purpose: TF's retracing warning
-    (which counts them as retraces) is not shown to the user."""
-    import logging
-    import tensorflow as tf
-    records, level = [], tf.get_logger().level
-    handler = logging.Handler()
-    handler.emit = records.append
-    tf.get_logger().addHandler(handler)
-    try:
-        x = tf.zeros([1, 4, 4, 3])
-        runners = [timing.compile_for("tf", (lambda k: (lambda t: t * k))(float(i)), x)
-                   for i in range(12)]
-        timing.interleaved_medians(runners, runs=1, warmup=1)
-        for i in range(6):
-            timing.time_callable(timing.compile_for("tf", lambda t: t + 1.0, x), 1, 1,
-                                 min_total_ms=0.0)
-    finally:
-        tf.get_logger().removeHandler(handler)
-    assert not [r for r in records if "retracing" in r.getMessage()]
-    assert tf.get_logger().level == level   # restored after the warm-up calls

@@ -52,6 +52,14 @@ def test_no_import_cycle_and_no_imports_inside_functions():
     assert graph["space"] == set() and order.index("space") == 0
 
 
+def test_latency_table_machinery_knows_no_network():
+    """latency_table.py (entries, timing, file, calibration fit) sits below the FasterSeg
+    space's latency (latency.py): it builds single ops, never a supernet or derived network."""
+    imported = {name for name, _ in _package_imports("latency_table")}
+    assert imported <= {"space", "operations", "timing"}, imported
+    assert "latency_table" in {name for name, _ in _package_imports("latency")}
+
+
 def test_space_and_config_import_alone_without_tensorflow():
     """A fresh interpreter: the search-space vocabulary (and the config built on it) loads
     without TensorFlow or any other module of the package."""

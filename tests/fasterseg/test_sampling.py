@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from lbt_tf.models.fasterseg import genotype, latency, sampling
+from lbt_tf.models.fasterseg.latency_table import LatencyTable
 from tests.fasterseg.conftest import tiny_config
 
 
@@ -33,8 +34,8 @@ def test_filtered_random_archs_have_predicted_latency_in_band():
     archs = sampling.sample_architectures(config.teacher, 12, seed=0)
     specs = [s for a in archs for group in latency.derived_specs(a, 3, 32, 64).values()
              for s in group]
-    table = latency.LatencyTable({s.key: 1e-6 * s.cin * s.cout * s.height * s.width * s.kernel
-                                  for s in specs})
+    table = LatencyTable({s.key: 1e-6 * s.cin * s.cout * s.height * s.width * s.kernel
+                          for s in specs})
     predicted = [latency.derived_latency(a, table, 3, 32, 64)["total"] for a in archs]
     reference = float(np.median(predicted))
     kept = sampling.within_latency(predicted, reference, 0.05)

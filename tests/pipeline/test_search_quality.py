@@ -6,6 +6,7 @@ import pytest
 
 from lbt_tf.experiments import search_quality, stability
 from lbt_tf.models.fasterseg import latency
+from lbt_tf.models.fasterseg.latency_table import LatencyTable
 
 
 def snapshot(epoch, alpha_rows, beta_rows):
@@ -63,9 +64,9 @@ def test_report_writer(tmp_path):
     assert os.path.getsize(paths["png"]) > 1000
 
 
-class MacTable(latency.LatencyTable):
+class MacTable(LatencyTable):
     """A latency table whose cost of an op is its multiply count (no timing)."""
-    has_glue = False   # no overhead/resize/concat terms (latency.LatencyTable.has_glue)
+    has_glue = False   # no overhead/resize/concat terms (LatencyTable.has_glue)
 
     def get(self, spec):
         return 1e-6 * spec.cin * spec.cout * spec.height * spec.width * spec.kernel

@@ -18,7 +18,7 @@ import zlib
 import tensorflow as tf
 
 from lbt_tf import config as config_lib
-from lbt_tf.models.fasterseg import latency as latency_lib
+from lbt_tf.models.fasterseg import latency as latency_lib, latency_table
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOTAL_EPOCHS = 3  # 1 warm-up + 2 search epochs: killed in epoch 2, after step 1 or 2
@@ -32,9 +32,9 @@ def _write_latency_table(path):
     """A synthetic table for this device, so that no minutes go into measuring one."""
     config = config_lib.replace(config_lib.Config(), **SIZES)
     specs = latency_lib.supernet_specs(config.teacher, 32, 64, 19)
-    meta = {"device": latency_lib.device_name(), "height": 32, "width": 64}
+    meta = {"device": latency_table.device_name(), "height": 32, "width": 64}
     entries = {s.key: 0.1 + (zlib.crc32(s.key.encode()) % 1000) / 100.0 for s in specs}
-    latency_lib.LatencyTable(entries, meta).save(path)
+    latency_table.LatencyTable(entries, meta).save(path)
 
 
 def _command(run_dir, table, *extra):

@@ -8,7 +8,7 @@ import importlib
 _EXPORTS = {"build_supernet": "supernet", "FasterSegSupernet": "supernet",
             "build_derived_network": "derived", "derive_architecture": "genotype",
             "save_architecture": "genotype", "load_architecture": "genotype",
-            "import_fasterseg": "genotype", "LatencyTable": "latency"}
+            "import_fasterseg": "genotype", "LatencyTable": "latency_table"}
 
 __all__ = list(_EXPORTS)
 

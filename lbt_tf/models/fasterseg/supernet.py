@@ -33,6 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from lbt_tf.models.fasterseg import latency as latency_lib
+from lbt_tf.models.fasterseg.latency_table import LatencyTable
 from lbt_tf.models.fasterseg.operations import ConvNorm, CellOp, Head, MixedOp, num_filters
 from lbt_tf.models.fasterseg.space import (arch_variable_shapes, cell_scales, gamma_row, has_down,
                                            next_cell_inputs, searched_widths)
@@ -185,9 +186,9 @@ class FasterSegSupernet(keras.Model):
 
     # ------------------------------------------------------------------ latency
     def set_latency_table(self, table):
-        """A `latency.LatencyTable` (or a plain key -> ms dict) for `expected_latency`."""
+        """A `LatencyTable` (or a plain key -> ms dict) for `expected_latency`."""
         if isinstance(table, dict):
-            table = latency_lib.LatencyTable(table, compat=self.teacher_config.latency_compat)
+            table = LatencyTable(table, compat=self.teacher_config.latency_compat)
         self.latency_table = table
         self._latency_model = None
 
@@ -218,7 +219,7 @@ def build_supernet(config, latency_table=None) -> FasterSegSupernet:
         if os.path.exists(config.teacher.latency_table):
             latency_table = latency_lib.table_for_config(config)[0]
     if isinstance(latency_table, dict):
-        latency_table = latency_lib.LatencyTable(latency_table, compat=config.teacher.latency_compat)
+        latency_table = LatencyTable(latency_table, compat=config.teacher.latency_compat)
     supernet = FasterSegSupernet(
         config.teacher, data.num_classes, (data.crop_height, data.crop_width), seed=config.seed,
         latency_input_size=(data.image_height, data.image_width), latency_table=latency_table,
