@@ -62,8 +62,9 @@ class LBTSearch(keras.Model):
         self.phase = names.PHASES[0]
         self.trace_count = 0
         self.traces_since_build = 0  # of the current step function
-        self.teacher_learner = lrn.Learner(supernet, supernet.arch_variables, cfg.trace_once)
-        self.student_learner = (lrn.Learner(student, trace_once=cfg.trace_once)
+        trace_once = resolve_trace_once(cfg, self.mode)
+        self.teacher_learner = lrn.Learner(supernet, supernet.arch_variables, trace_once)
+        self.student_learner = (lrn.Learner(student, trace_once=trace_once)
                                 if student is not None else None)
         self.problem = unrolled.SearchProblem(
             teacher=self.teacher_learner, student=self.student_learner,
@@ -304,6 +305,15 @@ class LBTSearch(keras.Model):
             self.student_miou.update_state(labels, logits)
             logs["student_miou"] = self.student_miou.result()
         return logs
+
+
+def resolve_trace_once(cfg, mode) -> bool:
+    """`search.trace_once`, where None means: on for lbt with finite differences (many
+    first-order passes of each model: the graph shrinks by half), off for the others (exact and
+    hvp build extra variants of the traced function; lpt/fasterseg make few passes)."""
+    if cfg.trace_once is not None:
+        return cfg.trace_once
+    return mode == "lbt" and cfg.hypergrad == "finite_difference"
 
 
 def arch_entropy(arch):
