@@ -8,7 +8,9 @@ Keras train function `fit` uses (the config's strategy, `--jit_compile`, `--mixe
 Prints one line per mode and a table:
     mode=<m> step_s=<x> step_ratio=<x/lpt> peak_mem_mb=<z> mem_ratio=<z/lpt> first_step_s=<t>
 step_s: median over `--bench_steps` (>= 3) steps after one untimed step; first_step_s: the first
-call (tracing the step function + one step); build_mem_mb: the peak after building the models.
+call (tracing the step function + one step), first_step_cpu_s: its process CPU time (tracing is
+one thread: on a loaded machine this is closer to the idle wall time); build_mem_mb: the peak
+after building the models.
 Memory: on GPU, TensorFlow's peak allocation (`get_memory_info`); on CPU the process's peak RSS.
 Targets (issue 13): lbt-exact <= 3x lpt time and <= 1.6x its memory, lbt-finite_difference
 and lbt-hvp <= 2x / <= 1.2x, every mode <= 16 GB, first step <= 60 s.
@@ -70,9 +72,9 @@ def measure(config, steps):
             logs = step([next(batches)])
             return float(logs["teacher_loss"])  # waits for the step
 
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         run()
-        first_s = time.perf_counter() - start
+        first_s, first_cpu_s = time.perf_counter() - start, time.process_time() - start_cpu
         run()
         times = []
         for _ in range(steps):
@@ -80,6 +82,7 @@ def measure(config, steps):
             run()
             times.append(time.perf_counter() - start)
     return {"step_s": float(np.median(times)), "first_step_s": first_s,
+            "first_step_cpu_s": first_cpu_s,
             "peak_mem_mb": peak_memory_mb(), "build_mem_mb": build_mem,
             "traces": int(model.trace_count)}
 

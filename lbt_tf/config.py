@@ -80,6 +80,7 @@ class TeacherConfig:
     latency_compat: str = "faithful"      # faithful | fasterseg (its conv_2x_downup key slip)
     latency_clock: str = "wall"           # wall | cpu (process CPU time: robust on a shared CPU)
     latency_calibration_networks: int = 8  # whole networks fitting table sum -> ms (0: off)
+    cell_tracing: str = "shared"          # names.CELL_TRACINGS: MixedOps in a traced step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -292,7 +293,9 @@ def validate(config: Config) -> Config:
                                  ("latency_target_of", s.latency_target_of,
                                   names.LATENCY_TARGETS),
                                  ("mixed_precision", s.mixed_precision,
-                                  names.SEARCH_PRECISIONS)):
+                                  names.SEARCH_PRECISIONS),
+                                 ("cell_tracing", config.teacher.cell_tracing,
+                                  names.CELL_TRACINGS)):
         if value not in allowed:
             raise ConfigError(f"--{flag}={value!r}: expected one of {', '.join(allowed)}")
     if config.student.output_stride not in (8, 16):

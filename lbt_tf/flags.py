@@ -83,6 +83,10 @@ FLAG_TABLE = {
     "latency_compat": ("teacher", "latency_compat",
                        "faithful | fasterseg: fasterseg reads conv_2x_downup under FasterSeg's "
                        "conv_2x key, as its forward_latency does."),
+    "cell_tracing": ("teacher", "cell_tracing",
+                     " | ".join(names.CELL_TRACINGS) + ": how the supernet's MixedOps enter a "
+                     "traced step (shared: one tf.function per distinct cell, traced once; "
+                     "per_cell: every MixedOp traced where it runs)."),
     # student
     "student_blocks": ("student", "blocks_per_stage", "ResNet blocks per stage."),
     "student_base_width": ("student", "base_width", "ResNet stem width (64 for ResNet-50)."),

@@ -27,3 +27,7 @@ LATENCY_TARGETS = ("derived", "supernet")
 # Keras dtype policies of the search's student: float32, or bfloat16 compute with float32
 # variables, losses and hypergradient (GPU/TPU; no loss scaling); the supernet stays float32.
 SEARCH_PRECISIONS = ("float32", "mixed_bfloat16")
+# How the supernet's MixedOps enter a traced step (--cell_tracing): each traced where it runs,
+# or one tf.function per distinct cell configuration, called (not inlined) wherever such a cell
+# runs, so the step's graph holds each distinct cell and its derivatives once.
+CELL_TRACINGS = ("shared", "per_cell")

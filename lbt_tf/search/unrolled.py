@@ -150,7 +150,7 @@ class SearchProblem:
     def exact_hypergradient(self, teacher_weights, arch, student_weights, xi_t, xi_s,
                             latency_weight, batches: Batches, diagnose=None):
         """grad_A F through both virtual steps (nested tapes, every second-order term)."""
-        with tf.GradientTape(persistent=diagnose is not None) as outer:
+        with tf.GradientTape() as outer:
             outer.watch(arch)
             teacher_val, student_val, reuse = self.val_terms(teacher_weights, arch,
                                                              student_weights, xi_t, xi_s, batches)
@@ -158,12 +158,24 @@ class SearchProblem:
                 teacher_val + self.student_val_weight * student_val)
         grads = checked_gradients(outer.gradient(val, arch), self.teacher.arch_names,
                                   "exact LBT hypergradient")
-        teacher_grads = None if diagnose is None else tf.cond(  # one more backward
-            diagnose, lambda: outer.gradient(teacher_val, arch),
+        teacher_grads = None if diagnose is None else tf.cond(
+            diagnose, lambda: self.teacher_val_hypergradient(teacher_weights, arch, xi_t, batches),
             lambda: [tf.zeros_like(a) for a in arch])
         latency, lat_grads = self.latency_gradient(arch, latency_weight)
         return self.result(grads, teacher_grads, teacher_val, student_val, latency, lat_grads,
                            reuse)
+
+    def teacher_val_hypergradient(self, teacher_weights, arch, xi_t, batches: Batches):
+        """grad_A L(T'(A), A; D_t^val) alone (the teacher term of `terms`), recomputed: taken
+        from the main tape (persistent), the tf.cond holding it made every pass's activations,
+        the student's too, live until the step's end (its inputs), diagnosed or not."""
+        with tf.GradientTape() as outer:
+            outer.watch(arch)
+            new_teacher, _ = self.virtual_teacher_step(teacher_weights, arch, xi_t,
+                                                       batches.teacher_train)
+            teacher_val = self.teacher_loss(new_teacher, arch, batches.teacher_val)
+        return checked_gradients(outer.gradient(teacher_val, arch), self.teacher.arch_names,
+                                 "exact hypergradient's teacher term")
 
     def first_order_gradient(self, teacher_weights, arch, student_weights, latency_weight,
                              batches: Batches):

@@ -38,13 +38,16 @@ def tiny_config():
            "student.aspp_channels": 4, "student.aux_head": False})
 
 
-def build(which, seed=0):
-    """(supernet, student, num_classes) built at HEIGHT x WIDTH, deterministic (no sampling)."""
+def build(which, seed=0, cell_tracing=None):
+    """(supernet, student, num_classes) built at HEIGHT x WIDTH, deterministic (no sampling);
+    `cell_tracing`: the real supernet's --cell_tracing (default: the config's)."""
     keras.utils.set_random_seed(seed)
     if which == "stand_in":
         supernet, student = build_tiny(NUM_CLASSES, HEIGHT, WIDTH, seed)
         return supernet, student, NUM_CLASSES
     config = tiny_config()
+    if cell_tracing is not None:
+        config = config_lib.replace(config, **{"teacher.cell_tracing": cell_tracing})
     supernet = build_supernet(config)
     supernet.sample_widths = False
     student = build_student(config.student, NUM_CLASSES, (HEIGHT, WIDTH, 3))

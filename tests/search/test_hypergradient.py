@@ -57,8 +57,8 @@ def _batches(num_classes, height=models_under_test.HEIGHT, width=models_under_te
                                                    tf.float64))
 
 
-def _problem(student_val_weight=1.0, latency=True, which="real"):
-    supernet, student, num_classes = models_under_test.build(which)
+def _problem(student_val_weight=1.0, latency=True, which="real", cell_tracing=None):
+    supernet, student, num_classes = models_under_test.build(which, cell_tracing=cell_tracing)
     assert all(v.dtype == "float64" for v in supernet.trainable_variables + student.weights)
     teacher = learner.Learner(supernet, supernet.arch_variables)
     problem = unrolled.SearchProblem(
@@ -107,6 +107,32 @@ def test_lbt_gradient_matches_finite_difference_of_unrolled_objective(smooth, wh
         print(f"{which}/{hypergrad} trial {trial}: got {got:.10g} expected {expected:.10g} "
               f"relative error {relative_error:.3g}")
         assert relative_error <= tolerance, (trial, got, expected)
+
+
+def test_shared_cell_functions_give_the_same_hypergradient_and_statistics(float64):
+    """In a traced step the supernet's MixedOps run as tf.functions shared by every cell of one
+    configuration (--cell_tracing=shared, the default): the exact hypergradient, F and the
+    teacher's new BatchNorm statistics equal those of the eager, per-cell forward (which the
+    test above checks against central differences)."""
+    problem, num_classes = _problem(latency=False, cell_tracing="shared")
+    batches = _batches(num_classes)
+
+    def arch_gradient():
+        result = problem.arch_gradient(
+            "lbt", "exact", problem.teacher.weight_values(), problem.teacher.arch_values(),
+            problem.student.weight_values(), XI_T, XI_S, LATENCY_WEIGHT, batches)
+        return result.grads, result.objective, result.reuse.teacher_stats
+
+    grads, objective, stats = arch_gradient()
+    supernet = problem.teacher.model
+    assert not supernet.cell_functions.functions, "eager passes run every cell as it is"
+    shared_grads, shared_objective, shared_stats = tf.function(arch_gradient, autograph=False)()
+    mixed_ops = list(supernet.keep_ops.values()) + list(supernet.down_ops.values())
+    configurations = {op.config_key for op in mixed_ops}
+    assert len(supernet.cell_functions.functions) == len(configurations) < len(mixed_ops)
+    np.testing.assert_allclose(float(shared_objective), float(objective), rtol=1e-12)
+    for got, expected in zip(shared_grads + shared_stats, grads + stats):
+        np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-9, atol=1e-14)
 
 
 @pytest.mark.parametrize("which", models_under_test.MODELS)

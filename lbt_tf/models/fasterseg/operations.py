@@ -291,16 +291,68 @@ class MaskedOp(keras.layers.Layer):
         return tf.nn.relu(out) * mask
 
 
-class MixedOp(keras.layers.Layer):
-    """sum_o alpha_o * op_o(x) over FasterSeg's five operators (one width mask for all)."""
+class CellFunctions:
+    """The `tf.function`s MixedOps share, by configuration (a plain object: Keras would copy a
+    dict attribute into each layer's own tracked dict)."""
 
-    def __init__(self, out_channels, strides, width_mult_list, **kwargs):
+    def __init__(self):
+        self.functions = {}
+
+
+class MixedOp(keras.layers.Layer):
+    """sum_o alpha_o * op_o(x) over FasterSeg's five operators (one width mask for all).
+
+    `cell_functions` (a CellFunctions shared by the supernet's MixedOps, or None): inside a
+    traced step, the MixedOp runs as one `tf.function` of (x, alpha, width weights, its weight
+    values), shared by every MixedOp of the same configuration. A supernet has ~100 MixedOps per forward but only
+    a handful of distinct ones (per scale, stride and width list), and the unrolled step runs
+    the forward 3-7 times with first and second derivatives: traced per MixedOp, the step's
+    graph is ~100k ops, each ~1 ms of Python tracing. Shared, each distinct cell and its
+    derivatives are traced once (TensorFlow caches a function's gradient functions).
+    """
+
+    def __init__(self, out_channels, strides, width_mult_list, cell_functions=None, **kwargs):
         super().__init__(**kwargs)
         self.built = True   # sublayers build on the first call (no symbolic trace)
+        self.config_key = (out_channels, strides, tuple(float(w) for w in width_mult_list))
+        self.cell_functions = cell_functions
         self.ops = [MaskedOp(k, out_channels, strides, width_mult_list, name=name)
                     for k, name in enumerate(OP_NAMES)]
 
     def call(self, x, op_weights, width_weights, training=None):
+        if (self.cell_functions is None or tf.executing_eagerly()
+                or not self.ops[-1].conv2.built):   # variables are made eagerly, on the first call
+            return self.mixed_forward(x, op_weights, width_weights, training)
+        key = self.config_key + (bool(training),)
+        functions = self.cell_functions.functions
+        if key not in functions:
+            functions[key] = self.traced_forward(bool(training))
+        weights, statistics = self.trainable_variables, self.non_trainable_variables
+        out, new_statistics = functions[key](
+            x, op_weights, width_weights, [v.value for v in weights],
+            [v.value for v in statistics])
+        for variable, value in zip(statistics, new_statistics):
+            variable.assign(value)
+        return out
+
+    def traced_forward(self, training):
+        """This MixedOp's forward as a function of its variables' values (and the new moving
+        statistics), valid for every MixedOp with the same `config_key`."""
+        weights, statistics = self.trainable_variables, self.non_trainable_variables
+
+        def forward(x, op_weights, width_weights, weight_values, statistic_values):
+            mapping = list(zip(weights, weight_values)) + list(zip(statistics, statistic_values))
+            with keras.StatelessScope(state_mapping=mapping) as scope:
+                out = self.mixed_forward(x, op_weights, width_weights, training)
+            return out, [scope.get_current_value(v) for v in statistics]
+
+        # Not inlined: inlined, the runtime's graph is as large as per-cell tracing's (lpt at
+        # the demo config with 16 layers: 3.7 vs 2.8 GB peak), and the exact mode's nested
+        # gradient functions grew past 15 GB there (README, issue 13).
+        return tf.function(forward, autograph=False, reduce_retracing=False,
+                           experimental_attributes={"_noinline": True})
+
+    def mixed_forward(self, x, op_weights, width_weights, training=None):
         # One mask per distinct prefix-mask table, and the five weights by one unstack: the
         # supernet has ~100 MixedOps per forward, and every op here is traced per pass.
         masks = {}

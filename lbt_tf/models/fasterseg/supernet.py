@@ -34,7 +34,8 @@ import tensorflow as tf
 
 from lbt_tf.models.fasterseg import latency as latency_lib
 from lbt_tf.models.fasterseg.latency_table import LatencyTable
-from lbt_tf.models.fasterseg.operations import ConvNorm, CellOp, Head, MixedOp, num_filters
+from lbt_tf.models.fasterseg.operations import (CellFunctions, ConvNorm, CellOp, Head, MixedOp,
+                                                num_filters)
 from lbt_tf.models.fasterseg.space import (arch_variable_shapes, cell_scales, gamma_row, has_down,
                                            next_cell_inputs, searched_widths)
 from lbt_tf.ops.resize import resize_bilinear
@@ -71,13 +72,16 @@ class FasterSegSupernet(keras.Model):
             CellOp(3, num_filters(F, 4, self.stem_ratio) * 2, 2, name="stem_res1"),
             CellOp(3, num_filters(F, 8, self.stem_ratio), 2, name="stem_res2")]
         self.keep_ops, self.down_ops = {}, {}
+        cells = CellFunctions() if teacher_config.cell_tracing == "shared" else None
+        self.cell_functions = cells
         for i in range(L):
             for j in cell_scales(i):
                 channels = num_filters(F, 8 * 2 ** j)
                 keep_widths = (self.head_ratio,) if i == L - 1 else self.width_mult_list
-                self.keep_ops[(i, j)] = MixedOp(channels, 1, keep_widths, name=f"cell{i}_{j}_keep")
+                self.keep_ops[(i, j)] = MixedOp(channels, 1, keep_widths, cells,
+                                                name=f"cell{i}_{j}_keep")
                 if has_down(i, j, L):
-                    self.down_ops[(i, j)] = MixedOp(2 * channels, 2, self.width_mult_list,
+                    self.down_ops[(i, j)] = MixedOp(2 * channels, 2, self.width_mult_list, cells,
                                                     name=f"cell{i}_{j}_down")
         self._track_cells = list(self.keep_ops.values()) + list(self.down_ops.values())
 
