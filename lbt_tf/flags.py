@@ -147,7 +147,8 @@ FLAG_TABLE = {
     "jit_compile": ("search", "jit_compile", "XLA-compile the search step (for GPUs)."),
     "trace_once": ("search", "trace_once",
                    "Trace each model's forward once per step (one tf.function, not inlined) "
-                   "instead of once per pass: smaller graph, faster first step."),
+                   "instead of once per pass: smaller graph, faster first step. Default: "
+                   "on for --search_mode=lbt --hypergrad=finite_difference only."),
     "mixed_precision": ("search", "mixed_precision",
                         "float32 | mixed_bfloat16: the student computes in bfloat16 (float32 "
                         "variables, losses, hypergradient; the supernet stays float32)."),
@@ -229,6 +230,8 @@ def _define_all():
             flags.DEFINE_integer(flag_name, default, help_text)
         elif isinstance(default, float):
             flags.DEFINE_float(flag_name, default, help_text)
+        elif "bool" in type_name:  # Optional[bool]: None unless --flag / --noflag
+            flags.DEFINE_bool(flag_name, default, help_text)
         elif "int" in type_name:  # Optional[int]
             flags.DEFINE_integer(flag_name, default, help_text)
         else:

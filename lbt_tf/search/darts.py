@@ -9,8 +9,8 @@ u = w_sv grad_{S'} L(S'; D_s^val) and P = P(T', A; D_u):
     grad_A F      = grad_A L(T', A; D_t^val) - xi_s lambda g_soft(A) - xi_t h_A(v)
                     + lambda_lat grad_A Lat(A)
 With exact products this is exact: one unrolled step has no other second-order term.
-Where `diagnose` is true the teacher term alone, grad_A L(T', A; D_t^val) - xi_t h_A(v_teacher),
-costs one more arch_product.
+Where `diagnose` is true the teacher term alone, grad_A L(T', A; D_t^val) - xi_t h_A(v_teacher)
+with v_teacher = grad_{T'} L(T', A; D_t^val), costs one more val backward and arch_product.
 """
 from __future__ import annotations
 
@@ -42,8 +42,9 @@ def soft_loss(problem, student_weights, images, probs):
 def darts_hypergradient(products: MixedProducts, problem, teacher_weights, arch,
                         student_weights, xi_t, xi_s, latency_weight, batches: Batches,
                         diagnose=None) -> ArchGradient:
-    """Passes: the virtual steps, one backward of L_t^val and one of P (to (T', A) each), the
-    student val backward, soft_product, arch_product."""
+    """Passes: the virtual steps, the student val backward, soft_product, one backward of
+    L_t^val and P together (to (T', A): v and grad_A's first terms summed as they are made, no
+    separate copy of each term), arch_product. The stages run one after another (lrn.after)."""
     what = products.what
     new_teacher, reuse = problem.virtual_teacher_step(teacher_weights, arch, xi_t,
                                                       batches.teacher_train)
@@ -51,47 +52,59 @@ def darts_hypergradient(products: MixedProducts, problem, teacher_weights, arch,
     num_t = len(new_teacher)
     teacher_and_arch = new_teacher + list(arch)
     names = problem.teacher.weight_names + problem.teacher.arch_names
-    with tf.GradientTape() as val_tape:
-        val_tape.watch(teacher_and_arch)
+    with tf.GradientTape() as tape:
+        tape.watch(teacher_and_arch)
         teacher_val = problem.teacher_loss(new_teacher, arch, batches.teacher_val)
-    # One backward gives v's first term (w.r.t. T') and the direct grad_A.
-    val_grads = checked_gradients(val_tape.gradient(teacher_val, teacher_and_arch), names,
-                                  f"{what}: grad_(T', A) L_t^val")
-    v_teacher, direct = val_grads[:num_t], val_grads[num_t:]
-    v, grads = v_teacher, direct
+        if problem.student is not None:
+            with lrn.after(teacher_val):
+                probs = problem.teacher_probs(new_teacher, arch, batches.unlabeled)
+    # d/d(T', A) of [L_t^val + coeff . P] with coeff = -xi_s lambda d2 L_soft/dP dS . u gives
+    # (v, grad_A L_t^val - xi_s lambda g_soft(A)) in one backward.
+    targets, seeds = [teacher_val], [tf.ones_like(teacher_val)]
     student_val = None
     if problem.student is not None:
-        with tf.GradientTape() as probs_tape:
-            probs_tape.watch(teacher_and_arch)
-            probs = problem.teacher_probs(new_teacher, arch, batches.unlabeled)
-        new_student = problem.virtual_student_step(student_weights, tf.stop_gradient(probs),
-                                                   xi_s, batches, reuse)
+        # Each stage starts once the previous one's result exists (lrn.after), so that its
+        # weight copies and activations are not alive beside the previous stage's.
+        with lrn.after(probs):
+            new_student = problem.virtual_student_step(student_weights, tf.stop_gradient(probs),
+                                                       xi_s, batches, reuse)
         with tf.GradientTape() as student_tape:
             student_tape.watch(new_student)
             student_val = problem.student_loss(new_student, batches.student_val)
         u = checked_gradients(student_tape.gradient(student_val, new_student),
                               problem.student.weight_names, f"{what}: grad_S' L_s^val")
         u = [problem.student_val_weight * g for g in u]
-        # d2 L_soft/dP dS . u, pulled back through the teacher's probabilities: g_soft(T', A).
-        g_soft = checked_gradients(
-            probs_tape.gradient(probs, teacher_and_arch, output_gradients=products.soft_product(
-                problem, student_weights, u, probs, batches.unlabeled)),
-            names, f"{what}: d P / d(T', A)")
         coeff = -tf.cast(xi_s, dtype) * problem.pseudo_label_weight
-        v = lrn.axpy(coeff, g_soft[:num_t], v_teacher)
-        grads = lrn.axpy(coeff, g_soft[num_t:], direct)
+        targets.append(probs)
+        seeds.append(coeff * products.soft_product(problem, student_weights, u, probs,
+                                                   batches.unlabeled))
+    val_grads = checked_gradients(tape.gradient(targets, teacher_and_arch, output_gradients=seeds),
+                                  names, f"{what}: d [L_t^val + coeff . P] / d(T', A)")
+    v, grads = val_grads[:num_t], val_grads[num_t:]
 
     xi_t = tf.cast(xi_t, dtype)
-    grads = lrn.axpy(-xi_t, products.arch_product(problem, teacher_weights, arch, v,
-                                                  batches.teacher_train), grads)
+    with lrn.after(v, grads):
+        grads = lrn.axpy(-xi_t, products.arch_product(problem, teacher_weights, arch, v,
+                                                      batches.teacher_train), grads)
     teacher_grads = None
     if diagnose is not None:
-        teacher_grads = tf.cond(
-            diagnose,
-            lambda: lrn.axpy(-xi_t, products.arch_product(problem, teacher_weights, arch,
-                                                          v_teacher, batches.teacher_train),
-                             direct),
-            lambda: [tf.zeros_like(a) for a in arch])
+        def teacher_term():
+            # T' again (the same op on the same values) and its val backward: v_teacher and
+            # grad_A L_t^val are then alive only here, not beside v on every step.
+            t_prime = lrn.axpy(-xi_t, reuse.teacher_grads, teacher_weights)
+            with tf.GradientTape() as val_tape:
+                val_tape.watch(t_prime + list(arch))
+                loss = problem.teacher_loss(t_prime, arch, batches.teacher_val)
+            val = checked_gradients(val_tape.gradient(loss, t_prime + list(arch)), names,
+                                    f"{what}: grad_(T', A) L_t^val")
+            with lrn.after(val):
+                return lrn.axpy(-xi_t, products.arch_product(
+                    problem, teacher_weights, arch, val[:num_t], batches.teacher_train),
+                    val[num_t:])
+
+        with lrn.after(grads):  # after the main product: one perturbed copy of T at a time
+            teacher_grads = tf.cond(diagnose, teacher_term,
+                                    lambda: [tf.zeros_like(a) for a in arch])
     latency, lat_grads = problem.latency_gradient(arch, latency_weight)
     return problem.result(grads, teacher_grads, teacher_val, student_val, latency, lat_grads,
                           reuse)

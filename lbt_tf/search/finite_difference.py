@@ -16,7 +16,6 @@ import tensorflow as tf
 
 from lbt_tf.search import darts
 from lbt_tf.search import learner as lrn
-from lbt_tf.search.learner import checked_gradients
 
 
 def _step(scale, direction):
@@ -33,14 +32,14 @@ class CentralDifferences:
         eps, v_norm = _step(problem.finite_difference_scale, v)
 
         def arch_grad_at(weights):
-            with tf.GradientTape() as tape:
-                tape.watch(arch)
-                loss = problem.teacher_loss(weights, arch, batch)
-            return checked_gradients(tape.gradient(loss, arch), problem.teacher.arch_names,
-                                     "FD: grad_A L_t^tr(T +- eps v)")
+            return problem.teacher_arch_gradient(weights, arch, batch,
+                                                 "FD: grad_A L_t^tr(T +- eps v)")[1]
 
-        plus = arch_grad_at(lrn.axpy(eps, v, teacher_weights))
-        minus = arch_grad_at(lrn.axpy(-eps, v, teacher_weights))
+        with tf.name_scope("fd_plus"):
+            plus = arch_grad_at(lrn.axpy(eps, v, teacher_weights))
+        # T - eps v only once the plus pass is done: one perturbed copy of T at a time.
+        with tf.name_scope("fd_minus"), lrn.after(plus):
+            minus = arch_grad_at(lrn.axpy(-eps, v, teacher_weights))
         coeff = tf.where(v_norm > 0, 1.0 / (2 * eps), tf.zeros((), eps.dtype))
         return [coeff * (p - m) for p, m in zip(plus, minus)]
 
@@ -49,9 +48,12 @@ class CentralDifferences:
         # Two student forwards; the tape records only the loss ops after the logits.
         with tf.GradientTape() as tape:
             tape.watch(probs)
-            diff = (darts.soft_loss(problem, lrn.axpy(eps, u, student_weights), images, probs)
-                    - darts.soft_loss(problem, lrn.axpy(-eps, u, student_weights), images,
-                                      probs))
+            with tf.name_scope("fd_plus"):
+                plus = darts.soft_loss(problem, lrn.axpy(eps, u, student_weights), images, probs)
+            with tf.name_scope("fd_minus"), lrn.after(plus):
+                minus = darts.soft_loss(problem, lrn.axpy(-eps, u, student_weights), images,
+                                        probs)
+            diff = plus - minus
         grad = tape.gradient(diff, probs)
         if grad is None:
             raise lrn.HypergradientError("FD: d L_soft / d P is None")

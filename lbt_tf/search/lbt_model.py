@@ -62,8 +62,9 @@ class LBTSearch(keras.Model):
         self.phase = names.PHASES[0]
         self.trace_count = 0
         self.traces_since_build = 0  # of the current step function
-        self.teacher_learner = lrn.Learner(supernet, supernet.arch_variables, cfg.trace_once)
-        self.student_learner = (lrn.Learner(student, trace_once=cfg.trace_once)
+        trace_once = resolve_trace_once(cfg, self.mode)
+        self.teacher_learner = lrn.Learner(supernet, supernet.arch_variables, trace_once)
+        self.student_learner = (lrn.Learner(student, trace_once=trace_once)
                                 if student is not None else None)
         self.problem = unrolled.SearchProblem(
             teacher=self.teacher_learner, student=self.student_learner,
@@ -269,7 +270,10 @@ class LBTSearch(keras.Model):
         finite, reuse = tf.constant(True), None
         if self.phase == "search":
             finite, reuse = self._arch_step(batches)
-        finite = tf.logical_and(finite, self._weight_step(batches, reuse))
+        # After the arch step: the weight steps' clipped copies of the reused gradients (1 GB
+        # for the supernet at the paper's size) are not made while the hypergradient's are alive.
+        with lrn.after(finite):
+            finite = tf.logical_and(finite, self._weight_step(batches, reuse))
         self._count_skip(tf.logical_not(finite))
         logs = {m.name: m.result() for m in self.metrics if m is not self.teacher_miou
                 and m is not self.student_miou}
@@ -301,6 +305,15 @@ class LBTSearch(keras.Model):
             self.student_miou.update_state(labels, logits)
             logs["student_miou"] = self.student_miou.result()
         return logs
+
+
+def resolve_trace_once(cfg, mode) -> bool:
+    """`search.trace_once`, where None means: on for lbt with finite differences (many
+    first-order passes of each model: the graph shrinks by half), off for the others (exact and
+    hvp build extra variants of the traced function; lpt/fasterseg make few passes)."""
+    if cfg.trace_once is not None:
+        return cfg.trace_once
+    return mode == "lbt" and cfg.hypergrad == "finite_difference"
 
 
 def arch_entropy(arch):

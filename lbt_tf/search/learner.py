@@ -6,6 +6,7 @@ here, and the BatchNorm statistics a pass returns are kept only where a real ste
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Dict, List, NamedTuple, Optional, Protocol, Sequence, runtime_checkable
 
@@ -54,6 +55,19 @@ def add_scaled(grads, scale, others):
     return [g if o is None else g + scale * o for g, o in zip(grads, others)]
 
 
+def after(*tensors):
+    """Context: the ops created inside run only once `tensors` (nested, None skipped) exist.
+    In a graph the executor runs every op whose inputs are ready, so without it the stages of
+    the unrolled step (each with its own ~1 GB copy of the supernet's weights at the paper's
+    size: T', T + eps v, T - eps v, ...) can all be alive at once. Values are unchanged."""
+    deps = [t for t in tf.nest.flatten(tensors) if t is not None]
+    if tf.executing_eagerly() or not deps:
+        return contextlib.nullcontext()  # eager ops run in program order anyway
+    # One NoOp carries the dependencies: each op made inside gets one control edge, not one per
+    # tensor (a list of ~1600 weights would add ~1600 edges to every op of a forward pass).
+    return tf.control_dependencies([tf.group(*deps)])
+
+
 def global_norm(tensors):
     return tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(t)) for t in tensors]))
 
@@ -95,17 +109,26 @@ class Learner:
     def non_trainable_values(self):
         return [tf.convert_to_tensor(v.value) for v in self.non_trainable_variables]
 
-    def forward(self, weights, arch, x, training=True, non_trainable=None):
-        """(outputs, new non-trainable values) of the model at the given values."""
+    def forward(self, weights, arch, x, training=True, non_trainable=None, inline=False):
+        """(outputs, new non-trainable values) of the model at the given values. `inline`: not
+        through the traced forward even with trace_once (inside a `traced` function)."""
         if non_trainable is None:
             non_trainable = self.non_trainable_values()
-        if not self.trace_once:
+        if not self.trace_once or inline:
             return self._stateless_forward(weights, arch, x, training, non_trainable)
-        if training not in self._traced:
-            self._traced[training] = tf.function(
-                lambda w, a, n, images: self._stateless_forward(w, a, images, training, n),
-                autograph=False, experimental_attributes={"_noinline": True})
-        return self._traced[training](list(weights), list(arch), list(non_trainable), x)
+        forward = self.traced(("forward", training), lambda w, a, n, images: (
+            self._stateless_forward(w, a, images, training, n)))
+        return forward(list(weights), list(arch), list(non_trainable), x)
+
+    def traced(self, key, fn):
+        """`fn`, or with trace_once one non-inlined tf.function of it per key (traced once,
+        called wherever the step needs it)."""
+        if not self.trace_once:
+            return fn
+        if key not in self._traced:
+            self._traced[key] = tf.function(fn, autograph=False,
+                                            experimental_attributes={"_noinline": True})
+        return self._traced[key]
 
     def _stateless_forward(self, weights, arch, x, training, non_trainable):
         values = [None] * (len(self.weight_positions) + len(self.arch_positions))

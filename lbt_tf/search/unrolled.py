@@ -61,6 +61,24 @@ class SearchProblem:
         grads = tape.gradient(loss, weights)
         return loss, checked_gradients(grads, self.teacher.weight_names, what), stats
 
+    def teacher_arch_gradient(self, weights, arch, batch, what):
+        """(L(T, A; batch), grad_A) at fixed T. With trace_once one traced function for all such
+        passes whose forward is inline, so that its backward computes no gradient w.r.t. T (the
+        traced forward's backward computes every input's: 1 GB and the filter-gradient
+        convolutions at the paper's size, then dropped). Used by FD's 2-4 perturbed passes; not
+        by lpt's single val pass, where the extra function's graph cost more memory than it
+        saved (demo config at F=12, trace_once: lpt peak 3.9 GB with it, 3.5 GB without)."""
+        def loss_and_gradient(weights, arch, images, labels):
+            with tf.GradientTape() as tape:
+                tape.watch(arch)
+                outputs, _ = self.teacher.forward(weights, arch, images, inline=True)
+                loss = lrn.teacher_seg_loss(outputs, labels, self.ignore_label)
+            return loss, tape.gradient(loss, arch)
+
+        loss, grads = self.teacher.traced("arch_gradient", loss_and_gradient)(
+            list(weights), list(arch), *batch)
+        return loss, checked_gradients(grads, self.teacher.arch_names, what)
+
     def student_gradient(self, weights, batch):
         """(L(S; batch), grad_S, new statistics); grads may hold None (checked once summed with
         the pseudo-label term)."""
@@ -101,7 +119,8 @@ class SearchProblem:
     def virtual_student_step(self, weights, probs, xi_s, batches: Batches, reuse: StepGradients):
         """(2): S' given the teacher's soft pseudo-labels `probs` on D_u; fills `reuse`."""
         loss, grads, stats = self.student_gradient(weights, batches.student_train)
-        pl_loss, pl_grads = self.pseudo_label_gradient(weights, batches.unlabeled, probs)
+        with lrn.after(grads):  # one student pass's activations alive at a time
+            pl_loss, pl_grads = self.pseudo_label_gradient(weights, batches.unlabeled, probs)
         total = checked_gradients(lrn.add_scaled(grads, self.pseudo_label_weight, pl_grads),
                                   self.student.weight_names, "virtual student step")
         reuse.student_loss, reuse.student_grads, reuse.student_stats = loss, grads, stats
@@ -131,7 +150,7 @@ class SearchProblem:
     def exact_hypergradient(self, teacher_weights, arch, student_weights, xi_t, xi_s,
                             latency_weight, batches: Batches, diagnose=None):
         """grad_A F through both virtual steps (nested tapes, every second-order term)."""
-        with tf.GradientTape(persistent=diagnose is not None) as outer:
+        with tf.GradientTape() as outer:
             outer.watch(arch)
             teacher_val, student_val, reuse = self.val_terms(teacher_weights, arch,
                                                              student_weights, xi_t, xi_s, batches)
@@ -139,12 +158,24 @@ class SearchProblem:
                 teacher_val + self.student_val_weight * student_val)
         grads = checked_gradients(outer.gradient(val, arch), self.teacher.arch_names,
                                   "exact LBT hypergradient")
-        teacher_grads = None if diagnose is None else tf.cond(  # one more backward
-            diagnose, lambda: outer.gradient(teacher_val, arch),
+        teacher_grads = None if diagnose is None else tf.cond(
+            diagnose, lambda: self.teacher_val_hypergradient(teacher_weights, arch, xi_t, batches),
             lambda: [tf.zeros_like(a) for a in arch])
         latency, lat_grads = self.latency_gradient(arch, latency_weight)
         return self.result(grads, teacher_grads, teacher_val, student_val, latency, lat_grads,
                            reuse)
+
+    def teacher_val_hypergradient(self, teacher_weights, arch, xi_t, batches: Batches):
+        """grad_A L(T'(A), A; D_t^val) alone (the teacher term of `terms`), recomputed: taken
+        from the main tape (persistent), the tf.cond holding it made every pass's activations,
+        the student's too, live until the step's end (its inputs), diagnosed or not."""
+        with tf.GradientTape() as outer:
+            outer.watch(arch)
+            new_teacher, _ = self.virtual_teacher_step(teacher_weights, arch, xi_t,
+                                                       batches.teacher_train)
+            teacher_val = self.teacher_loss(new_teacher, arch, batches.teacher_val)
+        return checked_gradients(outer.gradient(teacher_val, arch), self.teacher.arch_names,
+                                 "exact hypergradient's teacher term")
 
     def first_order_gradient(self, teacher_weights, arch, student_weights, latency_weight,
                              batches: Batches):

@@ -47,3 +47,13 @@ def test_trace_once_gives_the_same_hypergradient(float64, hypergrad):
     assert problem.teacher._traced and problem.student._traced  # the traced path ran
     for inline, traced in zip(*results):
         np.testing.assert_allclose(traced.numpy(), inline.numpy(), rtol=1e-7, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode,hypergrad,flag,expected", [
+    ("lbt", "finite_difference", None, True), ("lbt", "exact", None, False),
+    ("lpt", "finite_difference", None, False), ("lbt", "finite_difference", False, False),
+    ("lpt", "exact", True, True)])
+def test_trace_once_default_is_on_for_finite_differences_only(mode, hypergrad, flag, expected):
+    model = models_under_test.stand_in_search_model(mode, hypergrad, trace_once=flag)
+    assert model.teacher_learner.trace_once is expected
+    assert model.student_learner.trace_once is expected

@@ -1,0 +1,64 @@
+"""The unrolled step's stages are sequenced in the graph (learner.after: at most one perturbed
+copy of the weights alive at a time) and the sequencing leaves the values unchanged: the
+finite-difference hypergradient traced in a tf.function equals the eager one, which runs the same
+ops in program order (stand-in models, float64)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from lbt_tf.search import learner, unrolled
+from tests.search import models_under_test
+from tests.search.test_trace_once import _batches
+
+
+@pytest.fixture(scope="module")
+def float64(keras_float64_module):
+    yield
+
+
+def _problem():
+    supernet, student, num_classes = models_under_test.build("stand_in")
+    problem = unrolled.SearchProblem(
+        teacher=learner.Learner(supernet, supernet.arch_variables),
+        student=learner.Learner(student), ignore_label=255, pseudo_label_weight=0.7,
+        latency_fn=supernet.expected_latency)
+    return problem, _batches(num_classes)
+
+
+def _gradient(problem, batches, diagnose):
+    result = problem.arch_gradient(
+        "lbt", "finite_difference", problem.teacher.weight_values(),
+        problem.teacher.arch_values(), problem.student.weight_values(), 0.01, 0.01, 0.05,
+        batches, diagnose)
+    return result.grads, result.terms.get("teacher_val")
+
+
+def test_sequenced_graph_gives_the_eager_values(float64):
+    problem, batches = _problem()
+    eager = _gradient(problem, batches, tf.constant(True))
+    graph = tf.function(lambda: _gradient(problem, batches, tf.constant(True)))()
+    for got, expected in zip(graph[0] + graph[1], eager[0] + eager[1]):
+        np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-10, atol=1e-14)
+    assert float(tf.reduce_max(tf.abs(graph[1][0]))) > 0  # the diagnostic branch ran
+
+
+def test_minus_copies_wait_for_the_plus_pass(float64):
+    problem, batches = _problem()
+    graph = tf.function(lambda: _gradient(problem, batches, None)).get_concrete_function().graph
+    ops = graph.get_operations()
+    # The first ops of each fd_minus scope (T - eps v, S - eps u) have control inputs from the
+    # fd_plus pass of the same product: two products, each sequenced.
+    def scope(op, name):
+        return next((part for part in op.name.split("/") if part.startswith(name)), None)
+
+    def waits_for_plus(op):  # through the NoOp that learner.after makes
+        return any(scope(c, "fd_plus") or (c.type == "NoOp" and waits_for_plus(c))
+                   for c in op.control_inputs)
+
+    minus_ops = [op for op in ops if scope(op, "fd_minus")]
+    sequenced = {scope(op, "fd_minus") for op in minus_ops if waits_for_plus(op)}
+    assert len(sequenced) == 2, sorted(op.name for op in minus_ops)[:20]
+    # One control edge (a NoOp) per enclosing `after`, not one per weight tensor.
+    assert max(len(op.control_inputs) for op in minus_ops) <= 4
