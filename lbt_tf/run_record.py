@@ -19,8 +19,10 @@ RECORD_NAME = "run_config.json"
 # The config sections that define each stage's result.
 STAGE_SECTIONS = {"search": ("data", "teacher", "student", "search"),
                   "train": ("data", "teacher", "train")}
-# Fields that change how a run is checked or shown, not what it computes.
-NOT_DEFINING = {"data.validate_files", "search.log_every", "search.checkpoint_every_steps"}
+# Fields that change how a run is checked, shown or traced, not what it computes (the tracing
+# options give the same values: tests/search/test_hypergradient.py, test_trace_once.py).
+NOT_DEFINING = {"data.validate_files", "search.log_every", "search.checkpoint_every_steps",
+                "teacher.cell_tracing", "search.trace_once"}
 # A run may be continued for more (or fewer) epochs, as with BackupAndRestore.
 EXTENDABLE = {"search.epochs", "train.epochs"}
 
@@ -87,7 +89,7 @@ def check(config: Config, stage: str, directory: str, outputs: Sequence[str],
     if os.path.exists(record_path):
         with open(record_path) as f:
             recorded = json.load(f).get("config", {})
-        changed = differences(recorded, identity, ignore=EXTENDABLE | set(ignore))
+        changed = differences(recorded, identity, ignore=EXTENDABLE | NOT_DEFINING | set(ignore))
         if not changed:
             extended = differences(recorded, identity)
             plan.resume, plan.write_record = True, bool(extended)

@@ -28,8 +28,10 @@ def test_same_config_resumes_and_says_so(tmp_path, capsys):
     assert _start(tmp_path) is True
     assert f"search: {tmp_path} holds a run of the same config; resuming it" in \
         capsys.readouterr().out
-    # display-only flags and the epoch count (a longer run) do not make another run
+    # display-only and tracing flags and the epoch count (a longer run) do not make another run
     assert _start(tmp_path, **{"search.log_every": 1, "data.validate_files": "full"}) is True
+    assert _start(tmp_path, **{"teacher.cell_tracing": "per_cell",
+                               "search.trace_once": True}) is True
     assert _start(tmp_path, **{"search.epochs": 40}) is True
     assert "--search_epochs: 30 (recorded) vs 40 (now)" in capsys.readouterr().out
 
