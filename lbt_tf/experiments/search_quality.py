@@ -378,11 +378,11 @@ def run_search_quality(config, options: QualityOptions) -> Dict[str, str]:
                 continue
             result_path = os.path.join(run_dir, "result.json")
             seed_config = config_lib.replace(config, seed=int(seed))
+            seed_retrain_config = retrain_config(seed_config, options)
             row = (results_lib.read_json(result_path) if os.path.isfile(result_path) else
                    run_stage(options, compare.compare_method, seed_config, method, run_dir,
-                             lock, retrain_config(seed_config, options)))
-            row = repeat_retraining(retrain_config(seed_config, options), options, row, run_dir,
-                                    lock)
+                             lock, seed_retrain_config))
+            row = repeat_retraining(seed_retrain_config, options, row, run_dir, lock)
             arch = genotype.load_architecture(row["arch_path"])
             runs.append(dict(row, method=method, seed=int(seed),
                              predicted_latency_ms=predicted_latency(arch, table, config)))

@@ -158,9 +158,13 @@ class SearchProblem:
                 teacher_val + self.student_val_weight * student_val)
         grads = checked_gradients(outer.gradient(val, arch), self.teacher.arch_names,
                                   "exact LBT hypergradient")
-        teacher_grads = None if diagnose is None else tf.cond(
-            diagnose, lambda: self.teacher_val_hypergradient(teacher_weights, arch, xi_t, batches),
-            lambda: [tf.zeros_like(a) for a in arch])
+        teacher_grads = None
+        if diagnose is not None:
+            with lrn.after(grads):  # not beside the main backward's tensors (as in darts.py)
+                teacher_grads = tf.cond(
+                    diagnose,
+                    lambda: self.teacher_val_hypergradient(teacher_weights, arch, xi_t, batches),
+                    lambda: [tf.zeros_like(a) for a in arch])
         latency, lat_grads = self.latency_gradient(arch, latency_weight)
         return self.result(grads, teacher_grads, teacher_val, student_val, latency, lat_grads,
                            reuse)
