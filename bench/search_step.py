@@ -12,8 +12,9 @@ call (tracing the step function + one step), first_step_cpu_s: its process CPU t
 one thread: on a loaded machine this is closer to the idle wall time); build_mem_mb: the peak
 after building the models.
 Memory: on GPU, TensorFlow's peak allocation (`get_memory_info`); on CPU the process's peak RSS
-and, as peak_tensor_mb, the peak of TensorFlow's own allocator (the children run with
-TF_CPU_ALLOCATOR_USE_BFC=true): the tensors alone, what a GPU would hold. The rest of the RSS
+and, as peak_tensor_mb, the peak of TensorFlow's own allocator (statistics kept with oneDNN,
+TensorFlow's default on x86, or TF_CPU_ALLOCATOR_USE_BFC=true): the tensors alone, what a GPU
+would hold. The rest of the RSS
 is the traced graph (Python), the instantiated runtime graph and allocator slack, which stay in
 host memory on a GPU machine.
 Targets (issue 13): lbt-exact <= 3x lpt time and <= 1.6x its memory, lbt-finite_difference
@@ -59,15 +60,16 @@ def peak_memory_mb():
 
 
 def peak_tensor_mb():
-    """Peak bytes of tensors held by TensorFlow's allocator (GPU:0, else CPU:0 under the BFC
-    allocator that run_child switches on): what a GPU's memory must hold. The RSS on CPU also
-    holds the graph, its instantiated kernels and the Python objects of the trace, which stay
-    in host memory on a GPU machine."""
+    """Peak bytes of tensors held by TensorFlow's allocator (GPU:0, else CPU:0): what a GPU's
+    memory must hold. The RSS on CPU also holds the graph, its instantiated kernels and the
+    Python objects of the trace, which stay in host memory on a GPU machine. On CPU the
+    allocator keeps statistics with oneDNN (TensorFlow's default on x86) or with
+    TF_CPU_ALLOCATOR_USE_BFC=true; otherwise NaN."""
     import tensorflow as tf
     device = "GPU:0" if tf.config.list_physical_devices("GPU") else "CPU:0"
     try:
         return tf.config.experimental.get_memory_info(device)["peak"] / 2**20
-    except ValueError:  # CPU without the BFC allocator: no statistics
+    except ValueError:  # a CPU allocator without statistics
         return float("nan")
 
 
@@ -145,9 +147,7 @@ def run_child(name):
         a for a in sys.argv[1:] if not a.startswith(("--bench_single", "--modes"))]
     limit_mb = flags.FLAGS.bench_max_rss_gb * 1024
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        # TensorFlow keeps allocation statistics on CPU only with its BFC allocator.
-        env = dict(os.environ, TF_CPU_ALLOCATOR_USE_BFC="true")
-        proc = subprocess.Popen(args, stdout=out, stderr=err, text=True, env=env)
+        proc = subprocess.Popen(args, stdout=out, stderr=err, text=True)
         peak = 0.0
         while proc.poll() is None:
             peak = max(peak, rss_mb(proc.pid))
