@@ -6,7 +6,8 @@ architecture, and prints per network its features and mean score, each feature's
 with the score, and the best one- and two-level threshold splits (a depth-2 tree by exhaustive
 search; no training, seconds). Usage:
 
-  python bench/arch_features.py --bench=/work/main/runs/search_quality:/work/wt/qruns/noise/bench512 \
+  python bench/arch_features.py \
+      --bench=/work/main/runs/search_quality:/work/wt/qruns/noise/bench512 \
       --bench=/work/wt/qruns/search_quality_v2 [--extra=ARCH_JSON:METRICS_JSON ...]
 
 `--bench=DIR[:EVAL512_DIR]`: EVAL512_DIR holds `<method>_seed_<s>/evaluate/metrics.json` /
@@ -161,8 +162,8 @@ def main(argv):
     numeric = [k for k in numeric if len({r[k] for r in rows}) > 1]
     print(f"{len(rows)} distinct networks, {sum(r['n_retrain'] for r in rows)} retrainings; "
           f"good = score >= {FLAGS.good}: {sum(r['score'] >= FLAGS.good for r in rows)}")
-    cols = ["score", "n_retrain", "method", "branches", "first_ops", "all_first_downup", "cells", "n_downup", "n_2x",
-            "n_skip", "cells_os8", "cells_os16", "cells_os32", "depth_os8", "mean_width",
+    cols = ["score", "n_retrain", "method", "branches", "first_ops", "all_first_downup", "cells",
+            "n_downup", "n_2x", "n_skip", "cells_os8", "cells_os16", "cells_os32", "depth_os8", "mean_width",
             "params", "pred_ms"]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
@@ -181,7 +182,9 @@ def main(argv):
         for r in rows:
             groups[r[k]].append(r["score"])
         for v, s in sorted(groups.items()):
-            print(f"  {str(v):16s} n={len(s):2d} mean {statistics.fmean(s):.3f} good {sum(x >= good for x in s)}/{len(s)}")
+            n_good = sum(x >= good for x in s)
+            print(f"  {str(v):16s} n={len(s):2d} mean {statistics.fmean(s):.3f} good "
+                  f"{n_good}/{len(s)}")
     acc, k, t, sign = best_split(rows, numeric, good)
     print(f"\nbest single split: {k} {'>' if sign > 0 else '<='} {t:.3f} -> good; "
           f"accuracy {acc:.2f} ({len(rows)} networks)")

@@ -35,6 +35,9 @@ flags.DEFINE_string("grad_checkpoint", None, "Search checkpoint prefix (RUN/chec
                     " of the supernet to evaluate the arch gradient at.")
 flags.DEFINE_integer("grad_batches", 64, "Val batches the arch gradient is computed on.")
 flags.DEFINE_string("grad_out", "", "Write the per-batch gradient summary (JSON) here.")
+flags.DEFINE_bool("grad_onehot", False, "Also: the supernet's val loss on the same batches with "
+                  "alpha_0 row 0 (the first cell at 1/8) made one-hot on each op in turn (logit "
+                  "+20), the rest of A as it is: how the supernet ranks the decisive choice.")
 
 DOWNUP = (2, 4)      # conv_downup, conv_2x_downup (space.OP_NAMES order)
 FULL_RES = (1, 3)    # conv, conv_2x
@@ -77,13 +80,26 @@ def main(argv):
             return tf.concat([tf.reshape(g, [-1]) for g in result.grads], 0), \
                 result.parts["arch_teacher_val_loss"]
 
+        @tf.function
+        def val_loss(batch, arch):
+            return problem.teacher_loss(teacher.weight_values(), arch,
+                                        lrn.Batches.from_dict(batch).teacher_val)
+
         train, _, _ = runner.make_search_input(config, "fasterseg", config.seed)
         grads, losses = [], []
+        onehot_losses = {op: [] for op in OP_NAMES} if f.grad_onehot else {}
+        arch_now = teacher.arch_values()
+        alpha0 = [i for i, name in enumerate(names) if name.split("/")[-1] == "alpha_0"][0]
         start = time.time()
         for batch in train.take(f.grad_batches):
             g, loss = gradient(batch)
             grads.append(g.numpy())
             losses.append(float(loss))
+            for index, op in enumerate(OP_NAMES if f.grad_onehot else ()):
+                arch = list(arch_now)
+                row = tf.one_hot(index, len(OP_NAMES), 20.0, 0.0)
+                arch[alpha0] = tf.tensor_scatter_nd_update(arch[alpha0], [[0]], row[None])
+                onehot_losses[op].append(float(val_loss(batch, arch)))
         seconds = time.time() - start
     G = np.stack(grads)                       # [N, entries]
     n = len(G)
@@ -102,6 +118,14 @@ def main(argv):
           f"fraction > 2: {np.mean(snr > 2):.2f}; ||mean|| / rms single-batch norm "
           f"{np.linalg.norm(mean) / np.sqrt(np.mean(np.sum(G ** 2, 1))):.3f}")
 
+    if onehot_losses:
+        base = np.array(losses)
+        print("supernet val loss with alpha_0 row 0 one-hot (mean over the batches; minus the "
+              "loss at A as it is, with its SE):")
+        for op, values in onehot_losses.items():
+            d = np.array(values) - base
+            print(f"  {op:15s} {np.mean(values):.4f}  ({np.mean(d):+.4f} ± "
+                  f"{np.std(d, ddof=1) / np.sqrt(n):.4f})")
     # Per alpha row: the op the mean gradient favours, and the down-up vs full-res preference.
     offsets = np.cumsum([0] + [int(np.prod(s)) for s in shapes])
     per_var = {name.split("/")[-1]: (G[:, a:b].reshape((n,) + s))
@@ -162,7 +186,10 @@ def main(argv):
                        "successive_cosine": float(np.mean(successive)),
                        "half_cosine": cosine(G[:half].mean(0), G[half:2 * half].mean(0)),
                        "snr_median": float(np.median(snr)), "alpha_rows": rows,
-                       "derived": found}, fh, indent=1)
+                       "derived": found,
+                       "onehot_row0_val_loss": {k: float(np.mean(v))
+                                                for k, v in onehot_losses.items()},
+                       "val_loss": float(np.mean(losses))}, fh, indent=1)
 
 
 if __name__ == "__main__":
