@@ -163,7 +163,8 @@ def main(argv):
     print(f"{len(rows)} distinct networks, {sum(r['n_retrain'] for r in rows)} retrainings; "
           f"good = score >= {FLAGS.good}: {sum(r['score'] >= FLAGS.good for r in rows)}")
     cols = ["score", "n_retrain", "method", "branches", "first_ops", "all_first_downup", "cells",
-            "n_downup", "n_2x", "n_skip", "cells_os8", "cells_os16", "cells_os32", "depth_os8", "mean_width",
+            "n_downup", "n_2x", "n_skip", "cells_os8", "cells_os16", "cells_os32", "depth_os8",
+            "mean_width",
             "params", "pred_ms"]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))

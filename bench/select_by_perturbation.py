@@ -10,8 +10,8 @@ Here, with the searched supernet restored (T and A as the search left them), eve
 made one-hot on each op in turn (logit +20, the rest of A unchanged) and the supernet's val loss
 on --select_batches batches of D_t^val (--arch_grad_batches x --batch_size images each, training
 mode as in the search) decides the row: the convolution with the lowest loss (after Wang et
-al. 2021, "Rethinking architecture selection in differentiable NAS": rank ops by what the supernet loses
-without them). Paths (beta) and widths (gamma) stay the search's argmax. Writes
+al. 2021, "Rethinking architecture selection in differentiable NAS": rank ops by what the
+supernet loses without them). Paths (beta) and widths (gamma) stay the search's argmax. Writes
 DIR/arch.json (and DIR/selection.json: every row's losses); --select_retrain then retrains and
 evaluates it as the search-quality bench does (`compare.retrain_and_evaluate`, DIR/retrain,
 DIR/result.json).
