@@ -14,7 +14,8 @@ preference. The rows that decide the good/bad feature of docs/results/search_qua
 (alpha_0 rows 0-1: the first cells at 1/8 scale) are summarised as the mean gradient of the
 down-up ops minus that of the full-resolution convs (> 0: the gradient prefers the
 full-resolution convs, which retrain well). Finally the architecture the mean gradient alone
-names (logits -mean/SE) and whether it has the good feature.
+names (logits -mean/SE) and whether it has the good feature. --grad_onehot: also the supernet's
+val loss with alpha_0 row 0 one-hot on each op (how the supernet ranks that choice op by op).
 """
 from __future__ import annotations
 
