@@ -11,7 +11,11 @@ step_s: median over `--bench_steps` (>= 3) steps after one untimed step; first_s
 call (tracing the step function + one step), first_step_cpu_s: its process CPU time (tracing is
 one thread: on a loaded machine this is closer to the idle wall time); build_mem_mb: the peak
 after building the models.
-Memory: on GPU, TensorFlow's peak allocation (`get_memory_info`); on CPU the process's peak RSS.
+Memory: on GPU, TensorFlow's peak allocation (`get_memory_info`); on CPU the process's peak RSS
+and, as peak_tensor_mb, the peak of TensorFlow's own allocator (the children run with
+TF_CPU_ALLOCATOR_USE_BFC=true): the tensors alone, what a GPU would hold. The rest of the RSS
+is the traced graph (Python), the instantiated runtime graph and allocator slack, which stay in
+host memory on a GPU machine.
 Targets (issue 13): lbt-exact <= 3x lpt time and <= 1.6x its memory, lbt-finite_difference
 and lbt-hvp <= 2x / <= 1.2x, every mode <= 16 GB, first step <= 60 s.
 """
@@ -23,6 +27,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -31,6 +36,7 @@ from absl import app, flags  # noqa: E402
 
 from lbt_tf import config as config_lib  # noqa: E402
 from lbt_tf import flags as lbt_flags  # noqa: E402
+from lbt_tf import names  # noqa: E402
 
 flags.DEFINE_integer("bench_steps", 3, "Timed steps per mode (median; at least 3).")
 flags.DEFINE_list("modes", ["fasterseg", "lpt", "lbt-exact", "lbt-hvp", "lbt-finite_difference"],
@@ -41,8 +47,7 @@ flags.DEFINE_float("bench_max_rss_gb", 20.0,
 flags.DEFINE_string("bench_single", None, "Internal: run one mode (name) and print JSON.")
 
 MODES = {"fasterseg": ("fasterseg", "exact"), "lpt": ("lpt", "exact"),
-         "lbt-exact": ("lbt", "exact"), "lbt-hvp": ("lbt", "hvp"),
-         "lbt-finite_difference": ("lbt", "finite_difference")}
+         **{f"lbt-{hypergrad}": ("lbt", hypergrad) for hypergrad in names.HYPERGRADS}}
 
 
 def peak_memory_mb():
@@ -51,6 +56,19 @@ def peak_memory_mb():
     if tf.config.list_physical_devices("GPU"):
         return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+def peak_tensor_mb():
+    """Peak bytes of tensors held by TensorFlow's allocator (GPU:0, else CPU:0 under the BFC
+    allocator that run_child switches on): what a GPU's memory must hold. The RSS on CPU also
+    holds the graph, its instantiated kernels and the Python objects of the trace, which stay
+    in host memory on a GPU machine."""
+    import tensorflow as tf
+    device = "GPU:0" if tf.config.list_physical_devices("GPU") else "CPU:0"
+    try:
+        return tf.config.experimental.get_memory_info(device)["peak"] / 2**20
+    except ValueError:  # CPU without the BFC allocator: no statistics
+        return float("nan")
 
 
 def measure(config, steps):
@@ -83,8 +101,29 @@ def measure(config, steps):
             times.append(time.perf_counter() - start)
     return {"step_s": float(np.median(times)), "first_step_s": first_s,
             "first_step_cpu_s": first_cpu_s,
-            "peak_mem_mb": peak_memory_mb(), "build_mem_mb": build_mem,
+            "peak_mem_mb": peak_memory_mb(), "peak_tensor_mb": peak_tensor_mb(),
+            "build_mem_mb": build_mem,
             "traces": int(model.trace_count)}
+
+
+def log_memory_every(seconds):
+    """A daemon thread printing `memory rss_mb=.. tensors_mb=.. peak_tensors_mb=..` to stderr
+    every `seconds`: where a mode is killed over --bench_max_rss_gb, its last line says how
+    much of the RSS was tensors."""
+    import tensorflow as tf
+
+    def loop():
+        while True:
+            time.sleep(seconds)
+            try:
+                info = tf.config.experimental.get_memory_info("CPU:0")
+            except ValueError:
+                info = {"current": float("nan"), "peak": float("nan")}
+            print(f"memory rss_mb={rss_mb(os.getpid()):.0f} "
+                  f"tensors_mb={info['current'] / 2**20:.0f} "
+                  f"peak_tensors_mb={info['peak'] / 2**20:.0f}", file=sys.stderr, flush=True)
+
+    threading.Thread(target=loop, daemon=True).start()
 
 
 def rss_mb(pid):
@@ -106,15 +145,20 @@ def run_child(name):
         a for a in sys.argv[1:] if not a.startswith(("--bench_single", "--modes"))]
     limit_mb = flags.FLAGS.bench_max_rss_gb * 1024
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(args, stdout=out, stderr=err, text=True)
+        # TensorFlow keeps allocation statistics on CPU only with its BFC allocator.
+        env = dict(os.environ, TF_CPU_ALLOCATOR_USE_BFC="true")
+        proc = subprocess.Popen(args, stdout=out, stderr=err, text=True, env=env)
         peak = 0.0
         while proc.poll() is None:
             peak = max(peak, rss_mb(proc.pid))
             if peak > limit_mb:
                 proc.kill()
                 proc.wait()
+                err.seek(0)
+                last = [l for l in err.read().splitlines() if l.startswith("memory ")][-1:]
                 print(f"mode={name} killed: RSS {peak / 1024:.1f} GB > --bench_max_rss_gb="
-                      f"{flags.FLAGS.bench_max_rss_gb}", file=sys.stderr, flush=True)
+                      f"{flags.FLAGS.bench_max_rss_gb}; its last "
+                      f"{last[0] if last else 'memory line: none'}", file=sys.stderr, flush=True)
                 return None
             time.sleep(0.5)
         out.seek(0)
@@ -141,6 +185,7 @@ def main(argv):
         mode, hypergrad = MODES[flags.FLAGS.bench_single]
         config = config_lib.replace(config, **{"search.mode": mode, "search.hypergrad": hypergrad,
                                                "run_dir": os.path.join(config.run_dir, "bench")})
+        log_memory_every(2)
         print("BENCH " + json.dumps(measure(config, steps)), flush=True)
         return
     results = {}
@@ -151,18 +196,21 @@ def main(argv):
             print(f"mode={name} " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else
                                               f"{k}={v}" for k, v in result.items()), flush=True)
     lpt = results.get("lpt")
-    print("\n| mode | step (s) | step / lpt | peak memory (GB) | memory / lpt | first step (s) |")
-    print("|---|---|---|---|---|---|")
+    print("\n| mode | step (s) | step / lpt | peak memory (GB) | memory / lpt "
+          "| peak tensors (GB) | tensors / lpt | first step (s) |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
-        step_ratio = r["step_s"] / lpt["step_s"] if lpt else float("nan")
-        mem_ratio = r["peak_mem_mb"] / lpt["peak_mem_mb"] if lpt else float("nan")
-        print(f"| {name} | {r['step_s']:.2f} | {step_ratio:.2f} | {r['peak_mem_mb'] / 1024:.1f}"
-              f" | {mem_ratio:.2f} | {r['first_step_s']:.1f} |")
+        def ratio(key):
+            return r[key] / lpt[key] if lpt else float("nan")
+        print(f"| {name} | {r['step_s']:.2f} | {ratio('step_s'):.2f} "
+              f"| {r['peak_mem_mb'] / 1024:.1f} | {ratio('peak_mem_mb'):.2f} "
+              f"| {r['peak_tensor_mb'] / 1024:.1f} | {ratio('peak_tensor_mb'):.2f} "
+              f"| {r['first_step_s']:.1f} |")
         if r["traces"] > 1:
             print(f"WARNING: {name} traced its step {r['traces']} times", file=sys.stderr)
     for name in flags.FLAGS.modes:
         if name not in results:
-            print(f"| {name} | failed or over --bench_max_rss_gb | | | | |")
+            print(f"| {name} | failed or over --bench_max_rss_gb | | | | | | |")
 
 
 if __name__ == "__main__":

@@ -76,8 +76,9 @@ def darts_hypergradient(products: MixedProducts, problem, teacher_weights, arch,
         u = [problem.student_val_weight * g for g in u]
         coeff = -tf.cast(xi_s, dtype) * problem.pseudo_label_weight
         targets.append(probs)
-        seeds.append(coeff * products.soft_product(problem, student_weights, u, probs,
-                                                   batches.unlabeled))
+        with lrn.after(u):  # its student pass would otherwise start as soon as P exists
+            seeds.append(coeff * products.soft_product(problem, student_weights, u, probs,
+                                                       batches.unlabeled))
     val_grads = checked_gradients(tape.gradient(targets, teacher_and_arch, output_gradients=seeds),
                                   names, f"{what}: d [L_t^val + coeff . P] / d(T', A)")
     v, grads = val_grads[:num_t], val_grads[num_t:]
