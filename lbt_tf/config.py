@@ -124,6 +124,10 @@ class SearchConfig:
     finite_difference_scale: float = 1e-3  # measured: bench/finite_difference_eps.py
     reuse_step_gradients: bool = True     # lbt: weight steps reuse the arch step's gradients
     arch_signal_every: int = 10           # lbt: split ||grad_A|| into its terms every N arch steps
+    # The arch step's val batches (D_t^val, D_s^val) hold k x batch_size images: grad_A is the
+    # mean over k batches' worth (one batch of 2 is mostly noise: successive cosine ~0.06,
+    # docs/results/search_quality_v3.md). 1: FasterSeg's (val batch = train batch).
+    arch_grad_batches: int = 1
     # (a split step costs ~40% more: bench/arch_signals.py)
     max_skipped_steps: int = 5            # in a row, then lbt falls back to lpt
     log_every: int = 10
@@ -360,6 +364,7 @@ def _ranges(config):
         ("finite_difference_scale", s.finite_difference_scale, "(0, 1]"),
         ("max_skipped_steps", s.max_skipped_steps, NON_NEGATIVE),
         ("arch_signal_every", s.arch_signal_every, NON_NEGATIVE),
+        ("arch_grad_batches", s.arch_grad_batches, "[1, 1024]"),
         ("checkpoint_every_steps", s.checkpoint_every_steps, "[0, 10000000]"),
         ("search_epochs", s.epochs, EPOCHS), ("warmup_epochs", s.warmup_epochs, EPOCHS),
         ("train_epochs", r.epochs, "[1, 100000]"), ("train_lr_power", r.lr_power, "[0, 10]"),

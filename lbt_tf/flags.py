@@ -137,6 +137,10 @@ FLAG_TABLE = {
     "arch_signal_every": ("search", "arch_signal_every",
                           "lbt: log ||grad_A|| split into teacher/student val terms every N arch "
                           "steps (one more backward on those steps; 0: never)."),
+    "arch_grad_batches": ("search", "arch_grad_batches",
+                          "The arch step's val batches (D_t^val, D_s^val) hold this many times "
+                          "--batch_size images: grad_A averaged over k batches' worth (1: as "
+                          "FasterSeg). Costs k x the val passes of an arch step."),
     "max_skipped_steps": ("search", "max_skipped_steps",
                           "Non-finite steps in a row before lbt falls back to lpt."),
     "log_every": ("search", "log_every", "Steps between log lines."),

@@ -6,6 +6,8 @@ search phases and pseudo-label kinds."""
 SEARCH_SOURCES = ("teacher_train", "teacher_val", "student_train", "student_val", "unlabeled")
 # fasterseg searches the teacher alone: it reads only the teacher's two sources.
 TEACHER_SOURCES = SEARCH_SOURCES[:2]
+# The sources only the arch step reads (their batches grow with --arch_grad_batches).
+ARCH_VAL_SOURCES = ("teacher_val", "student_val")
 # Every split of data.splits.LBTSplits: the search sources plus the official val and test.
 LBT_SPLITS = SEARCH_SOURCES + ("val", "test")
 # The splits materialised as TFRecords (the test split is read only through D_u).

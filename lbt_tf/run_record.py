@@ -89,6 +89,8 @@ def check(config: Config, stage: str, directory: str, outputs: Sequence[str],
     if os.path.exists(record_path):
         with open(record_path) as f:
             recorded = json.load(f).get("config", {})
+        # A field the record lacks was added since; the run computed with its default.
+        recorded = {**run_identity(Config(), stage), **recorded}
         changed = differences(recorded, identity, ignore=EXTENDABLE | NOT_DEFINING | set(ignore))
         if not changed:
             extended = differences(recorded, identity)

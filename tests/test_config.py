@@ -53,6 +53,7 @@ def test_fractions_in_width_list_and_roundtrip_json():
     (["--data_source=cityscapes"], "data_dir"),
     (["--student_output_stride=32"], "student_output_stride"),
     (["--num_classes=0"], "num_classes"),
+    (["--arch_grad_batches=0"], "arch_grad_batches"),
     (["--num_classes=3"], "num_classes"),  # synthetic scenes carry the 19 Cityscapes ids
 ])
 def test_invalid_values_name_the_flag(argv, flag_name):

@@ -36,6 +36,20 @@ def test_same_config_resumes_and_says_so(tmp_path, capsys):
     assert "--search_epochs: 30 (recorded) vs 40 (now)" in capsys.readouterr().out
 
 
+def test_a_field_the_record_lacks_counts_as_its_default(tmp_path):
+    """A run recorded before a flag existed resumes at the flag's default, not at another."""
+    import json
+    _start(tmp_path)
+    _run_outputs(tmp_path)
+    path = tmp_path / run_record.RECORD_NAME
+    record = json.loads(path.read_text())
+    del record["config"]["search.arch_grad_batches"]
+    path.write_text(json.dumps(record))
+    assert _start(tmp_path) is True
+    with pytest.raises(config_lib.ConfigError, match="--arch_grad_batches: 1 .recorded. vs 4"):
+        _start(tmp_path, **{"search.arch_grad_batches": 4})
+
+
 def test_another_config_is_refused_and_nothing_changes(tmp_path, directory_contents):
     _start(tmp_path)
     _run_outputs(tmp_path)

@@ -71,14 +71,21 @@ def make_search_input(config, mode: str, seed: int, splits=None):
     if "unlabeled" in sources and len(splits.unlabeled) < d.batch_size:
         raise DataError(f"D_u has {len(splits.unlabeled)} images, fewer than --batch_size="
                         f"{d.batch_size}; raise --pseudo_label_ratio or add unlabeled images")
+    # The arch step's val batches: --arch_grad_batches x --batch_size images.
+    k = config.search.arch_grad_batches
+    arch_data = dataclasses.replace(d, batch_size=d.batch_size * k)
     datasets = {}
     for offset, name in enumerate(sources):
         source = getattr(splits, name)
         if name == "unlabeled":
             datasets[name] = make_unlabeled_dataset(d, source, seed=seed + offset, repeat=True)
-        else:
-            datasets[name] = make_dataset(d, source, training=True, seed=seed + offset,
-                                          repeat=True)
+            continue
+        data = arch_data if name in names.ARCH_VAL_SOURCES else d
+        if k > 1 and name in names.ARCH_VAL_SOURCES and len(source) < data.batch_size:
+            raise DataError(f"--arch_grad_batches={k}: {name} has {len(source)} images, fewer "
+                            f"than {k} x --batch_size={d.batch_size}")
+        datasets[name] = make_dataset(data, source, training=True, seed=seed + offset,
+                                      repeat=True)
     train = tf.data.Dataset.zip(datasets)
     steps = config.search.steps_per_epoch or max(len(splits.teacher_train) // d.batch_size, 1)
     val = make_dataset(d, splits.val, training=False).map(

@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from lbt_tf import config as config_lib
+from lbt_tf.errors import DataError
 from lbt_tf.search import callbacks as search_callbacks
 from lbt_tf.search import runner
 from tests.search import models_under_test
@@ -62,6 +63,19 @@ def builders(monkeypatch):
     from lbt_tf.models.fasterseg import describe
     monkeypatch.setattr(describe, "describe_lines",
                         lambda architecture, config, table: [json.dumps(architecture)])
+
+
+def test_arch_grad_batches_grow_only_the_arch_steps_val_batches(tmp_path):
+    config = tiny_search_config(tmp_path, "lbt", **{"search.arch_grad_batches": 2})
+    train, _, _ = runner.make_search_input(config, "lbt", 0)
+    batch = next(iter(train))
+    sizes = {name: int(tf.nest.flatten(value)[0].shape[0]) for name, value in batch.items()}
+    assert sizes == {"teacher_train": 2, "teacher_val": 4, "student_train": 2,
+                     "student_val": 4, "unlabeled": 2}
+    # D_t^val of this config holds 4 images: 3 x 2 do not fit, and the error names the flag
+    with pytest.raises(DataError, match="--arch_grad_batches=3: teacher_val has 4"):
+        runner.make_search_input(config_lib.replace(config, **{"search.arch_grad_batches": 3}),
+                                 "lbt", 0)
 
 
 def test_run_search_writes_every_output(tmp_path, builders):
