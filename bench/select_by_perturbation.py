@@ -7,7 +7,8 @@
 The argmax of alpha is what the search's gradient steps made of a near-tied mixture; at this
 scale it does not tell the op that works alone (docs/results/search_quality_features.md §2).
 Here, with the searched supernet restored (T and A as the search left them), every alpha row is
-made one-hot on each op in turn (logit +20, the rest of A unchanged) and the supernet's val loss
+made one-hot on each op in turn (lbt_tf/search/selection.py, what --arch_selection=perturbation
+does at a search's end; the rest of A unchanged) and the supernet's val loss
 on --select_batches batches of D_t^val (--arch_grad_batches x --batch_size images each, training
 mode as in the search) decides the row: the convolution with the lowest loss (after Wang et
 al. 2021, "Rethinking architecture selection in differentiable NAS": rank ops by what the
@@ -39,18 +40,14 @@ flags.DEFINE_bool("select_skip", False, "Let skip compete: one-hot skip passes t
                   "through and loses least in every 1/8 row (measured), though no derived network "
                   "of the benches keeps a skip; off: the best of the four convolutions.")
 
-ONE_HOT_LOGIT = 20.0
-
-
 def main(argv):
     del argv
     import tensorflow as tf
 
     from lbt_tf.experiments import compare
     from lbt_tf.models.fasterseg import derive_architecture, save_architecture
-    from lbt_tf.models.fasterseg.space import OP_NAMES
     from lbt_tf.search import learner as lrn
-    from lbt_tf.search import runner
+    from lbt_tf.search import runner, selection
 
     f = flags.FLAGS
     if not f.select_checkpoint or not tf.io.gfile.exists(f.select_checkpoint + ".index"):
@@ -75,30 +72,13 @@ def main(argv):
         arch_now = teacher.arch_values()
         names = [n.split("/")[-1] for n in teacher.arch_names]
         base = float(np.mean([val_loss(b, arch_now) for b in batches]))
-        chosen = {name: np.array(value) for name, value in zip(names, arch_now)}
-        report = {"checkpoint": f.select_checkpoint, "base_loss": base, "rows": []}
-        for index, name in enumerate(names):
-            if not name.startswith("alpha"):
-                continue
-            for row in range(arch_now[index].shape[0]):
-                losses = []
-                for op in range(len(OP_NAMES)):
-                    arch = list(arch_now)
-                    one_hot = tf.one_hot(op, len(OP_NAMES), ONE_HOT_LOGIT, 0.0)
-                    arch[index] = tf.tensor_scatter_nd_update(arch[index], [[row]],
-                                                              one_hot[None])
-                    losses.append(float(np.mean([val_loss(b, arch) for b in batches])))
-                first = 0 if f.select_skip else 1   # OP_NAMES[0] is skip
-                best = first + int(np.argmin(losses[first:]))
-                # One-hot logits: derivation's argmax (and its skip rules, which rank skips by
-                # softmax) then follow this choice.
-                chosen[name][row] = np.eye(len(OP_NAMES))[best] * ONE_HOT_LOGIT
-                argmax = OP_NAMES[int(np.argmax(arch_now[index][row]))]
-                report["rows"].append({"var": name, "row": row, "losses": losses,
-                                       "chosen": OP_NAMES[best], "argmax": argmax})
-                print(f"{name}[{row}]: " + "  ".join(
-                    f"{o} {l:.3f}" for o, l in zip(OP_NAMES, losses)) +
-                    f"  -> {OP_NAMES[best]} (argmax of alpha: {argmax})", flush=True)
+        chosen, rows = selection.perturbation_selection(val_loss, arch_now, names, batches,
+                                                        allow_skip=f.select_skip)
+        report = {"checkpoint": f.select_checkpoint, "base_loss": base, "rows": rows}
+        for row in rows:
+            print(f"{row['arch']}[{row['row']}]: " + "  ".join(
+                f"{o} {l:.3f}" for o, l in row["losses"].items()) +
+                f"  -> {row['chosen']} (argmax of alpha: {row['argmax']})", flush=True)
     arch = derive_architecture(chosen, config.teacher)
     # the kept branches as the search derived them (its acc_lat scores are not recomputed)
     searched = os.path.join(os.path.dirname(os.path.dirname(f.select_checkpoint)), "arch.json")

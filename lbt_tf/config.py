@@ -128,6 +128,10 @@ class SearchConfig:
     # mean over k batches' worth (one batch of 2 is mostly noise: successive cosine ~0.06,
     # docs/results/search_quality_v3.md). 1: FasterSeg's (val batch = train batch).
     arch_grad_batches: int = 1
+    # names.ARCH_SELECTIONS: the op of each alpha row at the end, by argmax or by the supernet's
+    # val loss with that row one-hot (search/selection.py), over selection_batches val batches.
+    arch_selection: str = "argmax"
+    selection_batches: int = 4
     # (a split step costs ~40% more: bench/arch_signals.py)
     max_skipped_steps: int = 5            # in a row, then lbt falls back to lpt
     log_every: int = 10
@@ -293,6 +297,7 @@ def validate(config: Config) -> Config:
     s = config.search
     for flag, value, allowed in (("search_mode", s.mode, names.SEARCH_MODES),
                                  ("hypergrad", s.hypergrad, names.HYPERGRADS),
+                                 ("arch_selection", s.arch_selection, names.ARCH_SELECTIONS),
                                  ("pseudo_labels", s.pseudo_labels, names.PSEUDO_LABELS),
                                  ("latency_target_of", s.latency_target_of,
                                   names.LATENCY_TARGETS),
@@ -365,6 +370,7 @@ def _ranges(config):
         ("max_skipped_steps", s.max_skipped_steps, NON_NEGATIVE),
         ("arch_signal_every", s.arch_signal_every, NON_NEGATIVE),
         ("arch_grad_batches", s.arch_grad_batches, "[1, 1024]"),
+        ("selection_batches", s.selection_batches, "[1, 1024]"),
         ("checkpoint_every_steps", s.checkpoint_every_steps, "[0, 10000000]"),
         ("search_epochs", s.epochs, EPOCHS), ("warmup_epochs", s.warmup_epochs, EPOCHS),
         ("train_epochs", r.epochs, "[1, 100000]"), ("train_lr_power", r.lr_power, "[0, 10]"),

@@ -141,6 +141,13 @@ FLAG_TABLE = {
                           "The arch step's val batches (D_t^val, D_s^val) hold this many times "
                           "--batch_size images: grad_A averaged over k batches' worth (1: as "
                           "FasterSeg). Costs k x the val passes of an arch step."),
+    "arch_selection": ("search", "arch_selection",
+                       " | ".join(names.ARCH_SELECTIONS) + ": each cell's op at the end of the "
+                       "search: the largest alpha, or the op whose one-hot alpha row gives the "
+                       "searched supernet's lowest val loss (paths and widths: argmax)."),
+    "selection_batches": ("search", "selection_batches",
+                          "--arch_selection=perturbation: val batches (of the arch step's size) "
+                          "each candidate's loss is averaged over."),
     "max_skipped_steps": ("search", "max_skipped_steps",
                           "Non-finite steps in a row before lbt falls back to lpt."),
     "log_every": ("search", "log_every", "Steps between log lines."),

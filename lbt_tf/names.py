@@ -21,6 +21,9 @@ FIRST_ORDER_MODES = ("fasterseg", "lpt")     # T' = T, S' = S: no unrolling
 # second-derivative products by forward-over-reverse Hessian-vector products (exact as well) or
 # by central differences (search/darts.py).
 HYPERGRADS = ("exact", "hvp", "finite_difference")
+# How the search's end picks each cell's op (--arch_selection, search/selection.py): the largest
+# alpha, or the op whose one-hot alpha row gives the supernet's lowest val loss.
+ARCH_SELECTIONS = ("argmax", "perturbation")
 PHASES = ("warmup", "search")                # A frozen / A updated
 PSEUDO_LABELS = ("soft", "hard")             # the real student step's pseudo-labels
 # Which latency the target band steers (--latency_target_of): the derived network's prediction

@@ -50,6 +50,7 @@ def test_fractions_in_width_list_and_roundtrip_json():
     (["--teacher_fraction=1.5"], "teacher_fraction"),
     (["--search_mode=darts"], "search_mode"),
     (["--hypergrad=magic"], "hypergrad"),
+    (["--arch_selection=best"], "arch_selection"),
     (["--data_source=cityscapes"], "data_dir"),
     (["--student_output_stride=32"], "student_output_stride"),
     (["--num_classes=0"], "num_classes"),

@@ -33,6 +33,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ("search.steps_per_epoch", 0, "search_steps_per_epoch", "[1, 10000000]"),
     ("search.arch_beta_2", 1.0, "arch_beta_2", "[0, 1)"),
     ("search.finite_difference_scale", 0.0, "finite_difference_scale", "(0, 1]"),
+    ("search.selection_batches", 0, "selection_batches", "[1, 1024]"),
     ("teacher.gumbel_temperature", 0.0, "gumbel_temperature", "(0, inf)"),
     ("teacher.width_mult_list", (0.5, 2.0), "width_mult_list", "(0, 1]"),
 ])

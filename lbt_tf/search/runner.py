@@ -30,6 +30,8 @@ from lbt_tf.json_files import write_json
 from lbt_tf.models.fasterseg import build_supernet, derive_architecture, save_architecture
 from lbt_tf.models.fasterseg.latency import derived_latency
 from lbt_tf.search import callbacks as search_callbacks
+from lbt_tf.search import learner as lrn
+from lbt_tf.search import selection
 from lbt_tf.search.lbt_model import LBTSearch
 
 STATE_FILE = "search_state.json"
@@ -305,7 +307,7 @@ def _run_search(config) -> SearchResult:
     if not history:
         raise DataError("the search ran no epoch: set --warmup_epochs/--search_epochs")
 
-    architecture = derive_architecture(model.supernet, config.teacher)
+    architecture = derive_architecture(select_ops(model, config, make_train()), config.teacher)
     arch_path = os.path.join(run_dir, "arch.json")
     save_architecture(architecture, arch_path)
     last = history[-1]
@@ -320,6 +322,30 @@ def _run_search(config) -> SearchResult:
         arch_history_plot=os.path.join(run_dir, "arch_evolution.png"))
     _print_result(result, config)
     return result
+
+
+def select_ops(model, config, train):
+    """What the search's end derives from: the supernet's arch values (--arch_selection=argmax),
+    or those with every alpha row one-hot on the op whose row alone gives the searched
+    supernet's lowest val loss (perturbation; search/selection.py), on the first
+    --selection_batches arch-step val batches of `train`; each row's losses are written to
+    <run_dir>/selection.json."""
+    cfg = config.search
+    if cfg.arch_selection == "argmax":
+        return model.supernet
+    teacher, problem = model.teacher_learner, model.problem
+    loss = tf.function(lambda batch, arch: problem.teacher_loss(teacher.weight_values(), arch,
+                                                                batch))
+    batches = [lrn.Batches.from_dict(b).teacher_val for b in train.take(cfg.selection_batches)]
+    names = [name.split("/")[-1] for name in teacher.arch_names]   # alpha_0, ..., as derived
+    chosen, rows = selection.perturbation_selection(loss, teacher.arch_values(), names, batches)
+    write_json(os.path.join(config.run_dir, "selection.json"),
+               {"arch_selection": cfg.arch_selection, "batches": len(batches), "rows": rows},
+               indent=1)
+    changed = sum(r["chosen"] != r["argmax"] for r in rows)
+    print(f"search: --arch_selection=perturbation chose {changed} of {len(rows)} alpha rows "
+          f"differently from their argmax ({os.path.join(config.run_dir, 'selection.json')})")
+    return chosen
 
 
 def _fit(model, make_train, val, steps, start, total_epochs, callbacks, verbose):
