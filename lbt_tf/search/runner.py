@@ -307,7 +307,7 @@ def _run_search(config) -> SearchResult:
     if not history:
         raise DataError("the search ran no epoch: set --warmup_epochs/--search_epochs")
 
-    architecture = derive_architecture(select_ops(model, config, make_train()), config.teacher)
+    architecture = derive_architecture(select_ops(model, config, make_train), config.teacher)
     arch_path = os.path.join(run_dir, "arch.json")
     save_architecture(architecture, arch_path)
     last = history[-1]
@@ -324,11 +324,11 @@ def _run_search(config) -> SearchResult:
     return result
 
 
-def select_ops(model, config, train):
+def select_ops(model, config, make_train):
     """What the search's end derives from: the supernet's arch values (--arch_selection=argmax),
     or those with every alpha row one-hot on the op whose row alone gives the searched
     supernet's lowest val loss (perturbation; search/selection.py), on the first
-    --selection_batches arch-step val batches of `train`; each row's losses are written to
+    --selection_batches arch-step val batches of `make_train()`; each row's losses are written to
     <run_dir>/selection.json."""
     cfg = config.search
     if cfg.arch_selection == "argmax":
@@ -336,9 +336,11 @@ def select_ops(model, config, train):
     teacher, problem = model.teacher_learner, model.problem
     loss = tf.function(lambda batch, arch: problem.teacher_loss(teacher.weight_values(), arch,
                                                                 batch))
-    batches = [lrn.Batches.from_dict(b).teacher_val for b in train.take(cfg.selection_batches)]
-    names = [name.split("/")[-1] for name in teacher.arch_names]   # alpha_0, ..., as derived
-    chosen, rows = selection.perturbation_selection(loss, teacher.arch_values(), names, batches)
+    batches = [lrn.Batches.from_dict(b).teacher_val
+               for b in make_train().take(cfg.selection_batches)]
+    arch_names = [name.split("/")[-1] for name in teacher.arch_names]   # alpha_0, ... as derived
+    chosen, rows = selection.perturbation_selection(loss, teacher.arch_values(), arch_names,
+                                                    batches)
     write_json(os.path.join(config.run_dir, "selection.json"),
                {"arch_selection": cfg.arch_selection, "batches": len(batches), "rows": rows},
                indent=1)
