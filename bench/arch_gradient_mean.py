@@ -56,7 +56,7 @@ def main(argv):
     from lbt_tf.models.fasterseg import derived, genotype
     from lbt_tf.models.fasterseg.space import OP_NAMES
     from lbt_tf.search import learner as lrn
-    from lbt_tf.search import runner
+    from lbt_tf.search import runner, selection
 
     f = flags.FLAGS
     if not f.grad_checkpoint or not tf.io.gfile.exists(f.grad_checkpoint + ".index"):
@@ -98,7 +98,7 @@ def main(argv):
             losses.append(float(loss))
             for index, op in enumerate(OP_NAMES if f.grad_onehot else ()):
                 arch = list(arch_now)
-                row = tf.one_hot(index, len(OP_NAMES), 20.0, 0.0)
+                row = tf.one_hot(index, len(OP_NAMES), selection.ONE_HOT_LOGIT, 0.0)
                 arch[alpha0] = tf.tensor_scatter_nd_update(arch[alpha0], [[0]], row[None])
                 onehot_losses[op].append(float(val_loss(batch, arch)))
         seconds = time.time() - start
