@@ -123,6 +123,10 @@ class SearchConfig:
     pseudo_labels: str = "soft"           # soft | hard (for the real student step)
     finite_difference_scale: float = 1e-3  # measured: bench/finite_difference_eps.py
     reuse_step_gradients: bool = True     # lbt: weight steps reuse the arch step's gradients
+    # lbt with reuse: the teacher's gradient at (T, A_t) kept from the virtual step for the real
+    # one (alive through the whole hypergradient: 1 GB at the paper's size), or recomputed
+    # there at the same (T, A_t) (one more teacher pass; the same values).
+    keep_step_gradients: bool = True
     arch_signal_every: int = 10           # lbt: split ||grad_A|| into its terms every N arch steps
     # The arch step's val batches (D_t^val, D_s^val) hold k x batch_size images: grad_A is the
     # mean over k batches' worth (one batch of 2 is mostly noise: successive cosine ~0.06,
@@ -143,6 +147,10 @@ class SearchConfig:
     # Each model's forward traced once per step (Learner); None: on for lbt finite_difference
     # (its 5 teacher and 5 student passes; demo: 3.3 vs 6.0 GB), off otherwise (README).
     trace_once: Optional[bool] = None
+    # lbt finite_difference / hvp: the val passes at T' (L_t^val and P) keep no activations,
+    # their backward redoes the forward (tf.recompute_grad). None: on for those two. Not for
+    # exact: TF cannot transpose recompute_grad under nested tapes.
+    recompute_activations: Optional[bool] = None
     mixed_precision: str = "float32"      # names.SEARCH_PRECISIONS: the models' dtype policy
 
 
@@ -331,6 +339,11 @@ def validate(config: Config) -> Config:
                           f"one of {', '.join(PREDICTION_FORMATS)}")
     for flag, value, bounds in _ranges(config):
         check_range(flag, value, bounds)
+    if s.recompute_activations and (s.mode != "lbt" or s.hypergrad == "exact"):
+        raise ConfigError("--recompute_activations applies to --search_mode=lbt with "
+                          "--hypergrad=finite_difference or hvp (exact: TensorFlow cannot "
+                          f"differentiate tf.recompute_grad twice); got --search_mode={s.mode} "
+                          f"--hypergrad={s.hypergrad}")
     if s.latency_target_max_ms and s.latency_target_max_ms < s.latency_target_min_ms:
         raise ConfigError(f"--latency_target_max_ms={s.latency_target_max_ms} is below "
                           f"--latency_target_min_ms={s.latency_target_min_ms}")

@@ -134,6 +134,10 @@ FLAG_TABLE = {
     "reuse_step_gradients": ("search", "reuse_step_gradients",
                              "lbt: the real weight steps reuse the unrolled step's gradients "
                              "at (T, A_t) and P(T', A_t) instead of recomputing at A_t+1."),
+    "keep_step_gradients": ("search", "keep_step_gradients",
+                            "lbt with --reuse_step_gradients: keep the virtual step's teacher "
+                            "gradient for the real step (1 GB at the paper's size, alive through "
+                            "the hypergradient) instead of recomputing it at the same (T, A_t)."),
     "arch_signal_every": ("search", "arch_signal_every",
                           "lbt: log ||grad_A|| split into teacher/student val terms every N arch "
                           "steps (one more backward on those steps; 0: never)."),
@@ -160,6 +164,11 @@ FLAG_TABLE = {
                    "Trace each model's forward once per step (one tf.function, not inlined) "
                    "instead of once per pass: smaller graph, faster first step. Default: "
                    "on for --search_mode=lbt --hypergrad=finite_difference only."),
+    "recompute_activations": ("search", "recompute_activations",
+                              "lbt finite_difference/hvp: the val passes at T' keep no "
+                              "activations, their backward redoes the forward (~1 GB less at "
+                              "the paper's size, one more pair of teacher forwards). Default: "
+                              "on for those two."),
     "mixed_precision": ("search", "mixed_precision",
                         "float32 | mixed_bfloat16: the student computes in bfloat16 (float32 "
                         "variables, losses, hypergradient; the supernet stays float32)."),

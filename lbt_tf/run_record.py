@@ -20,9 +20,11 @@ RECORD_NAME = "run_config.json"
 STAGE_SECTIONS = {"search": ("data", "teacher", "student", "search"),
                   "train": ("data", "teacher", "train")}
 # Fields that change how a run is checked, shown or traced, not what it computes (the tracing
-# options give the same values: tests/search/test_hypergradient.py, test_trace_once.py).
+# options give the same values: tests/search/test_hypergradient.py, test_trace_once.py; so do
+# kept or recomputed step gradients and activations: test_lbt_model.py, test_trace_once.py).
 NOT_DEFINING = {"data.validate_files", "search.log_every", "search.checkpoint_every_steps",
-                "teacher.cell_tracing", "search.trace_once"}
+                "teacher.cell_tracing", "search.trace_once", "search.keep_step_gradients",
+                "search.recompute_activations"}
 # A run may be continued for more (or fewer) epochs, as with BackupAndRestore.
 EXTENDABLE = {"search.epochs", "train.epochs"}
 

@@ -54,10 +54,12 @@ def darts_hypergradient(products: MixedProducts, problem, teacher_weights, arch,
     names = problem.teacher.weight_names + problem.teacher.arch_names
     with tf.GradientTape() as tape:
         tape.watch(teacher_and_arch)
-        teacher_val = problem.teacher_loss(new_teacher, arch, batches.teacher_val)
-        if problem.student is not None:
-            with lrn.after(teacher_val):
-                probs = problem.teacher_probs(new_teacher, arch, batches.unlabeled)
+        if problem.student is None:
+            teacher_val = problem.teacher_loss(new_teacher, arch, batches.teacher_val)
+        else:
+            teacher_val, probs = problem.teacher_val_and_probs(new_teacher, arch,
+                                                               batches.teacher_val,
+                                                               batches.unlabeled)
     # d/d(T', A) of [L_t^val + coeff . P] with coeff = -xi_s lambda d2 L_soft/dP dS . u gives
     # (v, grad_A L_t^val - xi_s lambda g_soft(A)) in one backward.
     targets, seeds = [teacher_val], [tf.ones_like(teacher_val)]
@@ -79,6 +81,12 @@ def darts_hypergradient(products: MixedProducts, problem, teacher_weights, arch,
         with lrn.after(u):  # its student pass would otherwise start as soon as P exists
             seeds.append(coeff * products.soft_product(problem, student_weights, u, probs,
                                                        batches.unlabeled))
+        # Both paths' backward start together, once P's seed exists: started alone (its seed
+        # is a constant), L_t^val's backward ran during the student passes and its gradient
+        # w.r.t. every weight of T' (1 GB at the paper's size) waited there for P's to be
+        # summed with.
+        with lrn.after(seeds[-1]):
+            seeds[0] = tf.ones_like(teacher_val)
     val_grads = checked_gradients(tape.gradient(targets, teacher_and_arch, output_gradients=seeds),
                                   names, f"{what}: d [L_t^val + coeff . P] / d(T', A)")
     v, grads = val_grads[:num_t], val_grads[num_t:]
@@ -90,9 +98,14 @@ def darts_hypergradient(products: MixedProducts, problem, teacher_weights, arch,
     teacher_grads = None
     if diagnose is not None:
         def teacher_term():
-            # T' again (the same op on the same values) and its val backward: v_teacher and
-            # grad_A L_t^val are then alive only here, not beside v on every step.
-            t_prime = lrn.axpy(-xi_t, reuse.teacher_grads, teacher_weights)
+            # T' again (the same op on the same values; without a kept gradient, the same pass
+            # again) and its val backward: v_teacher and grad_A L_t^val are then alive only
+            # here, not beside v on every step.
+            if reuse.teacher_grads is None:
+                t_prime, _ = problem.virtual_teacher_step(teacher_weights, arch, xi_t,
+                                                          batches.teacher_train)
+            else:
+                t_prime = lrn.axpy(-xi_t, reuse.teacher_grads, teacher_weights)
             with tf.GradientTape() as val_tape:
                 val_tape.watch(t_prime + list(arch))
                 loss = problem.teacher_loss(t_prime, arch, batches.teacher_val)

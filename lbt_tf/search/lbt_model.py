@@ -11,7 +11,10 @@ In lbt mode the weight steps reuse what the unrolled step computed on the same b
 (`learner.StepGradients`): always grad_S L(S; D_s^tr) and its BatchNorm statistics (S and the
 batch are the same, so this changes nothing); with `search.reuse_step_gradients` also the
 teacher's gradient and statistics on D_t^tr at (T, A) and the soft pseudo-label gradient with
-P(T', A; D_u), i.e. T and S then step from the same point (A_t) as A does, instead of after it.
+P(T', A; D_u), i.e. T and S then step from the same point (A_t) as A does, instead of after it;
+with `search.keep_step_gradients` off the teacher's is recomputed there at (T, A_t) instead of
+kept alive through the hypergradient (same values, one more teacher pass, 1 GB less at the
+paper's size).
 A skipped update is counted (`skipped_steps`, `consecutive_skips`); nothing non-finite is ever
 written to a variable. The phase (warm-up / search) and the mode are Python attributes: changing
 them (`set_phase`, `set_mode`, e.g. the lbt -> lpt fallback of `callbacks.NonFiniteFallback`)
@@ -72,7 +75,9 @@ class LBTSearch(keras.Model):
             pseudo_label_weight=cfg.pseudo_label_weight,
             student_val_weight=cfg.student_val_weight,
             finite_difference_scale=cfg.finite_difference_scale,
-            student_aux_weight=cfg.student_aux_weight)
+            student_aux_weight=cfg.student_aux_weight,
+            keep_step_gradients=cfg.reuse_step_gradients and cfg.keep_step_gradients,
+            recompute_activations=resolve_recompute_activations(cfg, self.mode))
         self.teacher_optimizer = keras.optimizers.SGD(
             cfg.teacher_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay or None,
             name="teacher_sgd")
@@ -152,14 +157,17 @@ class LBTSearch(keras.Model):
         return tf.convert_to_tensor(optimizer.learning_rate)
 
     def _arch_step(self, batches):
-        """The arch update; returns (finite, the `StepGradients` to reuse or None)."""
+        """The arch update; returns (finite, the `StepGradients` to reuse or None, and where
+        the real teacher step is to be taken at A_t (lbt with --reuse_step_gradients): the arch
+        values the update started from, else None)."""
         teacher, student = self.teacher_learner, self.student_learner
         cfg = self.search_config
         every = cfg.arch_signal_every
         diagnose = (tf.equal(self.arch_steps.value % every, 0)
                     if every > 0 and self.mode not in names.FIRST_ORDER_MODES else None)
+        arch_t = teacher.arch_values()  # values as read now: the update does not change them
         result = self.problem.arch_gradient(
-            self.mode, self.hypergrad, teacher.weight_values(), teacher.arch_values(),
+            self.mode, self.hypergrad, teacher.weight_values(), arch_t,
             student.weight_values() if student is not None else None,
             self._learning_rate(self.teacher_optimizer),
             self._learning_rate(self.student_optimizer),
@@ -181,7 +189,8 @@ class LBTSearch(keras.Model):
             reuse = lrn.StepGradients(student_loss=reuse.student_loss,
                                       student_grads=reuse.student_grads,
                                       student_stats=reuse.student_stats)
-        return finite, reuse
+        return finite, reuse, (arch_t if reuse is not None and cfg.reuse_step_gradients
+                               else None)
 
     def _log_signals(self, grads, terms, finite, diagnose):
         """ARCH_SIGNALS of this step; the val split only on diagnostic steps."""
@@ -201,17 +210,18 @@ class LBTSearch(keras.Model):
             variable.assign(tf.where(finite, grad, old))
         self.arch_steps.assign_add(1)
 
-    def _weight_step(self, batches, reuse=None):
+    def _weight_step(self, batches, reuse=None, arch_t=None):
         """The real weight steps; `reuse` (`learner.StepGradients`) supplies the pieces the arch
-        step already computed, None fields are computed here. Returns whether all was finite."""
+        step already computed, None fields are computed here: the teacher's at `arch_t` where
+        given (A_t), else at the current A. Returns whether all was finite."""
         teacher, student = self.teacher_learner, self.student_learner
         problem, cfg = self.problem, self.search_config
         reuse = reuse or lrn.StepGradients()
         t_loss, t_grads, t_stats = reuse.teacher_loss, reuse.teacher_grads, reuse.teacher_stats
         if t_grads is None:
+            arch = arch_t if arch_t is not None else teacher.arch_values()
             t_loss, t_grads, t_stats = problem.teacher_gradient(
-                teacher.weight_values(), teacher.arch_values(), batches.teacher_train,
-                "teacher weight step")
+                teacher.weight_values(), arch, batches.teacher_train, "teacher weight step")
         losses_seen = [t_loss]
         updates_grads = [t_grads]
         stats = [t_stats]
@@ -267,13 +277,13 @@ class LBTSearch(keras.Model):
                             "an input shape or Python value changed between steps",
                             self.traces_since_build)
         batches = lrn.Batches.from_dict(data)
-        finite, reuse = tf.constant(True), None
+        finite, reuse, arch_t = tf.constant(True), None, None
         if self.phase == "search":
-            finite, reuse = self._arch_step(batches)
+            finite, reuse, arch_t = self._arch_step(batches)
         # After the arch step: the weight steps' clipped copies of the reused gradients (1 GB
         # for the supernet at the paper's size) are not made while the hypergradient's are alive.
         with lrn.after(finite):
-            finite = tf.logical_and(finite, self._weight_step(batches, reuse))
+            finite = tf.logical_and(finite, self._weight_step(batches, reuse, arch_t))
         self._count_skip(tf.logical_not(finite))
         logs = {m.name: m.result() for m in self.metrics if m is not self.teacher_miou
                 and m is not self.student_miou}
@@ -314,6 +324,14 @@ def resolve_trace_once(cfg, mode) -> bool:
     if cfg.trace_once is not None:
         return cfg.trace_once
     return mode == "lbt" and cfg.hypergrad == "finite_difference"
+
+
+def resolve_recompute_activations(cfg, mode) -> bool:
+    """`search.recompute_activations`, where None means: on for lbt's DARTS forms
+    (finite_difference, hvp), the only ones it applies to (config.validate)."""
+    if cfg.recompute_activations is not None:
+        return cfg.recompute_activations
+    return mode == "lbt" and cfg.hypergrad != "exact"
 
 
 def arch_entropy(arch):

@@ -39,6 +39,11 @@ class SearchProblem:
     student_val_weight: float = 1.0
     finite_difference_scale: float = SearchConfig.finite_difference_scale
     student_aux_weight: float = 0.0         # aux-head CE in the student's loss L(S; D)
+    # Whether the virtual teacher step's gradient is handed on (StepGradients) for the real step
+    # to reuse; without, it dies once T' exists and the real step recomputes it.
+    keep_step_gradients: bool = True
+    # darts.py's val passes at T' keep no activations: their backward redoes the forward.
+    recompute_activations: bool = False
 
     def teacher_loss(self, weights, arch, batch):
         outputs, _ = self.teacher.forward(weights, arch, batch[0])
@@ -47,6 +52,24 @@ class SearchProblem:
     def teacher_probs(self, weights, arch, images):
         outputs, _ = self.teacher.forward(weights, arch, images)
         return lrn.teacher_probabilities(outputs, images.shape[1:3])
+
+    def teacher_val_and_probs(self, weights, arch, batch, images):
+        """(L(T', A; batch), P(T', A; images)) as darts.py differentiates them together. With
+        trace_once one traced function: its backward is then one call that sums the two paths'
+        gradients w.r.t. T' inside (two calls' backwards return a whole gradient list each, 1 GB
+        at the paper's size, both alive before their sum). With recompute_activations the
+        forward keeps no activations, its backward redoes it (paper: 0.9 GB less, README)."""
+        def val_and_probs(weights, arch, val_images, val_labels, images):
+            outputs, _ = self.teacher.forward(weights, arch, val_images, inline=True)
+            loss = lrn.teacher_seg_loss(outputs, val_labels, self.ignore_label)
+            with lrn.after(loss):  # one pass's activations made at a time
+                outputs, _ = self.teacher.forward(weights, arch, images, inline=True)
+            return loss, lrn.teacher_probabilities(outputs, images.shape[1:3])
+
+        val_and_probs = self.teacher.traced("val_and_probs", val_and_probs)
+        if self.recompute_activations:
+            val_and_probs = tf.recompute_grad(val_and_probs)
+        return val_and_probs(list(weights), list(arch), *batch, images)
 
     def student_loss(self, weights, batch):
         outputs, _ = self.student.forward(weights, [], batch[0])
@@ -111,10 +134,13 @@ class SearchProblem:
 
     # ---- (1), (2), (3) -------------------------------------------------------------------------
     def virtual_teacher_step(self, weights, arch, xi_t, batch):
-        """(1): T' (differentiable w.r.t. A when an outer tape watches A), and the pieces."""
-        reuse = StepGradients(*self.teacher_gradient(weights, arch, batch, "virtual teacher step"))
-        return lrn.axpy(-tf.cast(xi_t, reuse.teacher_loss.dtype), reuse.teacher_grads,
-                        weights), reuse
+        """(1): T' (differentiable w.r.t. A when an outer tape watches A), and the pieces (the
+        gradient and statistics only with keep_step_gradients)."""
+        loss, grads, stats = self.teacher_gradient(weights, arch, batch, "virtual teacher step")
+        new_teacher = lrn.axpy(-tf.cast(xi_t, loss.dtype), grads, weights)
+        if not self.keep_step_gradients:
+            return new_teacher, StepGradients(teacher_loss=loss)
+        return new_teacher, StepGradients(loss, grads, stats)
 
     def virtual_student_step(self, weights, probs, xi_s, batches: Batches, reuse: StepGradients):
         """(2): S' given the teacher's soft pseudo-labels `probs` on D_u; fills `reuse`."""
@@ -135,6 +161,7 @@ class SearchProblem:
         if self.student is None:
             return teacher_val, None, reuse
         probs = self.teacher_probs(new_teacher, arch, batches.unlabeled)
+        teacher_val, probs = lrn.backward_together(teacher_val, probs)
         new_student = self.virtual_student_step(student_weights, probs, xi_s, batches, reuse)
         return teacher_val, self.student_loss(new_student, batches.student_val), reuse
 

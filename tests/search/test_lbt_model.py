@@ -96,3 +96,29 @@ def test_supernets_implement_the_search_interface(which):
     assert isinstance(supernet, SearchableSupernet)
     with pytest.raises(TypeError, match="SearchableSupernet"):
         LBTSearch(supernet.layers[0], None, SearchConfig(), ignore_label=255, num_classes=3)
+
+
+@pytest.mark.parametrize("hypergrad", ["exact", "finite_difference"])
+def test_recomputed_step_gradients_equal_the_kept_ones(hypergrad):
+    """--nokeep_step_gradients: the real teacher step recomputes grad_T L(T, A_t; D_t^tr)
+    instead of keeping the virtual step's (1 GB less alive through the hypergradient at the
+    paper's size): the same values. --noreuse_step_gradients (at A_t+1) differs, so the
+    comparison can tell A_t from A_t+1. The diagnostic teacher term runs on every step
+    (arch_signal_every=1), which without a kept gradient recomputes T'."""
+    import keras
+    final = {}
+    for name, keep, reuse in (("kept", True, True), ("recomputed", False, True),
+                              ("at A_t+1", True, False)):
+        keras.utils.set_random_seed(0)
+        model = stand_in_search_model("lbt", hypergrad, warmup_epochs=0, arch_lr=0.3,
+                                      arch_signal_every=1, keep_step_gradients=keep,
+                                      reuse_step_gradients=reuse)
+        schedule = search_callbacks.EpochSchedule(model.search_config)
+        model.fit(search_dataset(3), epochs=1, callbacks=[schedule], verbose=0, shuffle=False)
+        final[name] = values(model.teacher_learner.weight_variables
+                             + model.teacher_learner.non_trainable_variables
+                             + model.teacher_learner.arch_variables)
+    for kept, recomputed in zip(final["kept"], final["recomputed"]):
+        np.testing.assert_allclose(recomputed, kept, rtol=1e-5, atol=1e-6)
+    gap = max(float(np.abs(k - o).max()) for k, o in zip(final["kept"], final["at A_t+1"]))
+    assert gap > 1e-4, gap

@@ -57,3 +57,33 @@ def test_trace_once_default_is_on_for_finite_differences_only(mode, hypergrad, f
     model = models_under_test.stand_in_search_model(mode, hypergrad, trace_once=flag)
     assert model.teacher_learner.trace_once is expected
     assert model.student_learner.trace_once is expected
+
+
+@pytest.mark.parametrize("hypergrad", ["finite_difference", "hvp"])
+@pytest.mark.parametrize("trace_once", [False, True])
+def test_recomputed_val_passes_give_the_same_hypergradient(float64, hypergrad, trace_once):
+    """--recompute_activations: darts.py's val passes at T' through tf.recompute_grad (their
+    backward redoes the forward) give the same hypergradient as kept activations."""
+    supernet, student, num_classes = models_under_test.build("stand_in")
+    batches = _batches(num_classes, seed=1)
+    results = []
+    for recompute in (False, True):
+        problem = unrolled.SearchProblem(
+            teacher=learner.Learner(supernet, supernet.arch_variables, trace_once),
+            student=learner.Learner(student, trace_once=trace_once), ignore_label=255,
+            pseudo_label_weight=0.7, recompute_activations=recompute)
+        results.append(problem.arch_gradient(
+            "lbt", hypergrad, problem.teacher.weight_values(), problem.teacher.arch_values(),
+            problem.student.weight_values(), 0.01, 0.01, 0.0, batches).grads)
+    for kept, recomputed in zip(*results):
+        assert np.abs(kept.numpy()).max() > 0
+        np.testing.assert_allclose(recomputed.numpy(), kept.numpy(), rtol=1e-7, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode,hypergrad,flag,expected", [
+    ("lbt", "finite_difference", None, True), ("lbt", "hvp", None, True),
+    ("lbt", "exact", None, False), ("lpt", "exact", None, False),
+    ("lbt", "finite_difference", False, False)])
+def test_recompute_activations_default(mode, hypergrad, flag, expected):
+    model = models_under_test.stand_in_search_model(mode, hypergrad, recompute_activations=flag)
+    assert model.problem.recompute_activations is expected
