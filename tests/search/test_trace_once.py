@@ -31,21 +31,27 @@ def _batches(num_classes, batch=2, seed=0):
                            unlabeled=tf.constant(rng.normal(size=shape + (3,)), tf.float64))
 
 
+def _lbt_gradient(models, batches, hypergrad, trace_once, **problem_options):
+    """(the SearchProblem, its lbt hypergradient) on the stand-in supernet and student."""
+    supernet, student = models
+    problem = unrolled.SearchProblem(
+        teacher=learner.Learner(supernet, supernet.arch_variables, trace_once),
+        student=learner.Learner(student, trace_once=trace_once), ignore_label=255,
+        pseudo_label_weight=0.7, **problem_options)
+    return problem, problem.arch_gradient(
+        "lbt", hypergrad, problem.teacher.weight_values(), problem.teacher.arch_values(),
+        problem.student.weight_values(), 0.01, 0.01, 0.0, batches).grads
+
+
 @pytest.mark.parametrize("hypergrad", names.HYPERGRADS)
 def test_trace_once_gives_the_same_hypergradient(float64, hypergrad):
     supernet, student, num_classes = models_under_test.build("stand_in")
     batches = _batches(num_classes)
-    results = []
-    for trace_once in (False, True):
-        problem = unrolled.SearchProblem(
-            teacher=learner.Learner(supernet, supernet.arch_variables, trace_once),
-            student=learner.Learner(student, trace_once=trace_once), ignore_label=255,
-            pseudo_label_weight=0.7)
-        results.append(problem.arch_gradient(
-            "lbt", hypergrad, problem.teacher.weight_values(), problem.teacher.arch_values(),
-            problem.student.weight_values(), 0.01, 0.01, 0.0, batches).grads)
+    results = [_lbt_gradient((supernet, student), batches, hypergrad, trace_once)
+               for trace_once in (False, True)]
+    problem = results[-1][0]
     assert problem.teacher._traced and problem.student._traced  # the traced path ran
-    for inline, traced in zip(*results):
+    for inline, traced in zip(*(grads for _, grads in results)):
         np.testing.assert_allclose(traced.numpy(), inline.numpy(), rtol=1e-7, atol=1e-12)
 
 
@@ -66,15 +72,8 @@ def test_recomputed_val_passes_give_the_same_hypergradient(float64, hypergrad, t
     backward redoes the forward) give the same hypergradient as kept activations."""
     supernet, student, num_classes = models_under_test.build("stand_in")
     batches = _batches(num_classes, seed=1)
-    results = []
-    for recompute in (False, True):
-        problem = unrolled.SearchProblem(
-            teacher=learner.Learner(supernet, supernet.arch_variables, trace_once),
-            student=learner.Learner(student, trace_once=trace_once), ignore_label=255,
-            pseudo_label_weight=0.7, recompute_activations=recompute)
-        results.append(problem.arch_gradient(
-            "lbt", hypergrad, problem.teacher.weight_values(), problem.teacher.arch_values(),
-            problem.student.weight_values(), 0.01, 0.01, 0.0, batches).grads)
+    results = [_lbt_gradient((supernet, student), batches, hypergrad, trace_once,
+                             recompute_activations=recompute)[1] for recompute in (False, True)]
     for kept, recomputed in zip(*results):
         assert np.abs(kept.numpy()).max() > 0
         np.testing.assert_allclose(recomputed.numpy(), kept.numpy(), rtol=1e-7, atol=1e-12)
