@@ -81,12 +81,6 @@ def darts_hypergradient(products: MixedProducts, problem, teacher_weights, arch,
         with lrn.after(u):  # its student pass would otherwise start as soon as P exists
             seeds.append(coeff * products.soft_product(problem, student_weights, u, probs,
                                                        batches.unlabeled))
-        # Both paths' backward start together, once P's seed exists: started alone (its seed
-        # is a constant), L_t^val's backward ran during the student passes and its gradient
-        # w.r.t. every weight of T' (1 GB at the paper's size) waited there for P's to be
-        # summed with.
-        with lrn.after(seeds[-1]):
-            seeds[0] = tf.ones_like(teacher_val)
     val_grads = checked_gradients(tape.gradient(targets, teacher_and_arch, output_gradients=seeds),
                                   names, f"{what}: d [L_t^val + coeff . P] / d(T', A)")
     v, grads = val_grads[:num_t], val_grads[num_t:]
