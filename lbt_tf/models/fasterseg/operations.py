@@ -16,6 +16,9 @@ input still works (FasterSeg would fail there).
 """
 from __future__ import annotations
 
+import functools
+from typing import NamedTuple
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -240,55 +243,152 @@ def prefix_masks(channels: int, width_mult_list, halves: bool = False) -> np.nda
     return masks
 
 
-class MaskedOp(keras.layers.Layer):
-    """One operator of the supernet at max width; `call(x, channel_mask(width_weights))` masks its
-    channels.
+class ConvSpec(NamedTuple):
+    name: str
+    kernel_size: int
+    in_channels: int
+    out_channels: int
+    strides: int
+
+
+class MaskedOp:
+    """One operator of the supernet at max width, as a function of its parameters; the MixedOp
+    holds every operator's parameters in one flat variable (`MixedOp.parameters`). `call(x,
+    channel_mask(width_weights), ...)` masks its channels.
 
     Width switching = USConv2d's kernel slicing, done as masking: the input's channels beyond
     its width are already zero, so a full conv equals the sliced conv; the output is multiplied
     after every ReLU by mask = width_weights @ prefix_masks (BN before the mask would undo a
     soft mask). With one-hot width weights the forward equals the sliced operator exactly.
+    Layers as Keras' Conv2D (padding "same", no bias, he_normal) and `BatchNorm` (training: the
+    batch moments through `normalize`; inference: the moving statistics).
     """
 
-    def __init__(self, op_index, out_channels, strides, width_mult_list, **kwargs):
-        super().__init__(**kwargs)
-        self.built = True   # sublayers build on the first call (no symbolic trace)
-        self.op_index, self.strides = op_index, strides
+    def __init__(self, op_index, out_channels, strides, width_mult_list, name=None):
+        self.op_index, self.strides, self.name = op_index, strides, name
+        self.out_channels = out_channels
         self.masks = prefix_masks(out_channels, width_mult_list, halves=op_index == 0 and strides == 2)
-        if op_index == 0 and strides == 2:
-            self.reduce_a = _conv(out_channels // 2, 1, 2, name="reduce_a")
-            self.reduce_b = _conv(out_channels - out_channels // 2, 1, 2, name="reduce_b")
-            self.bn = _bn("bn")
-        elif op_index == 0:
-            self.conv1 = _conv(out_channels, 1, 1, name="conv1")
-            self.bn1 = _bn("bn1")
-        else:
-            self.conv1 = _conv(out_channels, 3, strides if op_index in (1, 3) else 1, name="conv1")
-            self.bn1 = _bn("bn1")
-            if op_index in (3, 4):
-                self.conv2 = _conv(out_channels, 3, 1, name="conv2")
-                self.bn2 = _bn("bn2")
+
+    def convs(self, in_channels):
+        """The ConvSpecs in forward order; each conv is followed by its BN except the factorized
+        reduce's two, which share one BN over their concatenation."""
+        C, s = self.out_channels, self.strides
+        if self.op_index == 0 and s == 2:
+            return [ConvSpec("reduce_a", 1, in_channels, C // 2, 2),
+                    ConvSpec("reduce_b", 1, in_channels, C - C // 2, 2)]
+        if self.op_index == 0:
+            return [ConvSpec("conv1", 1, in_channels, C, 1)]
+        convs = [ConvSpec("conv1", 3, in_channels, C, s if self.op_index in (1, 3) else 1)]
+        if self.op_index in (3, 4):
+            convs.append(ConvSpec("conv2", 3, C, C, 1))
+        return convs
+
+    def batch_norms(self):
+        return ["bn"] if self.op_index == 0 and self.strides == 2 else (
+            ["bn1", "bn2"] if self.op_index in (3, 4) else ["bn1"])
+
+    def parameter_shapes(self, in_channels):
+        """[(name, shape, initializer)] in the order of the flat parameter vector."""
+        shapes = [(f"{self.name}/{c.name}/kernel",
+                   (c.kernel_size, c.kernel_size, c.in_channels, c.out_channels), "he_normal")
+                  for c in self.convs(in_channels)]
+        for bn in self.batch_norms():
+            shapes += [(f"{self.name}/{bn}/gamma", (self.out_channels,), "ones"),
+                       (f"{self.name}/{bn}/beta", (self.out_channels,), "zeros")]
+        return shapes
+
+    def statistic_shapes(self):
+        shapes = []
+        for bn in self.batch_norms():
+            shapes += [(f"{self.name}/{bn}/moving_mean", (self.out_channels,), "zeros"),
+                       (f"{self.name}/{bn}/moving_variance", (self.out_channels,), "ones")]
+        return shapes
 
     def channel_mask(self, width_weights, dtype):
         """[channels] mask = width_weights @ prefix masks (MixedOp shares it between operators
         with the same masks: one op in the graph instead of five)."""
         return tf.tensordot(tf.cast(width_weights, dtype), tf.constant(self.masks, dtype), 1)
 
-    def call(self, x, mask, training=None):
+    def call(self, x, mask, params, statistics, training):
+        """(output, new statistics): params / statistics are this operator's tensors in the
+        order of parameter_shapes / statistic_shapes."""
         height, width = int(x.shape[1]), int(x.shape[2])
+        convs = self.convs(int(x.shape[-1]))
+        kernels, norms = params[:len(convs)], params[len(convs):]
+        new_statistics = []
+
+        def conv(inputs, k):
+            return tf.nn.conv2d(inputs, tf.cast(kernels[k], inputs.dtype), convs[k].strides,
+                                "SAME")
+
+        def bn(inputs, b):
+            out, mean, variance = batch_norm(inputs, norms[2 * b], norms[2 * b + 1],
+                                             statistics[2 * b], statistics[2 * b + 1], training)
+            new_statistics.extend([mean, variance])
+            return out
+
         if self.op_index == 0 and self.strides == 2:
-            out = tf.concat([self.reduce_a(x), self.reduce_b(x[:, 1:, 1:, :])], axis=-1)
-            return tf.nn.relu(self.bn(out, training=training)) * mask
+            out = tf.concat([conv(x, 0), conv(x[:, 1:, 1:, :], 1)], axis=-1)
+            return tf.nn.relu(bn(out, 0)) * mask, new_statistics
         downup = self.op_index in (2, 4)
         if downup:
             x = resize_bilinear(x, half_size(height, width), align_corners=True)
-        out = self.bn1(self.conv1(x), training=training)
+        out = bn(conv(x, 0), 0)
         if self.op_index in (3, 4):
             out = tf.nn.relu(out) * mask
-            out = self.bn2(self.conv2(out), training=training)
+            out = bn(conv(out, 1), 1)
         if downup and self.strides == 1:
             out = resize_bilinear(out, (height, width), align_corners=True)
-        return tf.nn.relu(out) * mask
+        return tf.nn.relu(out) * mask, new_statistics
+
+
+def batch_norm(x, gamma, beta, moving_mean, moving_variance, training):
+    """`BatchNorm`'s forward from given tensors: (output, new moving mean, new moving variance);
+    training uses the batch moments (`normalize`), inference the moving statistics."""
+    dtype = x.dtype
+    x = tf.cast(x, keras.backend.result_type(x.dtype, "float32"))
+    moving_mean = tf.cast(moving_mean, x.dtype)
+    moving_variance = tf.cast(moving_variance, x.dtype)
+    gamma, beta = tf.cast(gamma, x.dtype), tf.cast(beta, x.dtype)
+    if not training:
+        out = keras.ops.batch_normalization(x, moving_mean, moving_variance, -1, beta, gamma,
+                                            BN_EPSILON)
+        return tf.cast(out, dtype), moving_mean, moving_variance
+    axes = tf.constant(list(range(len(x.shape) - 1)))
+    mean = tf.reduce_mean(x, axes)
+    variance = tf.reduce_mean(tf.square(x - mean), axes)
+    new_mean = moving_mean * BN_MOMENTUM + mean * (1.0 - BN_MOMENTUM)
+    new_variance = moving_variance * BN_MOMENTUM + variance * (1.0 - BN_MOMENTUM)
+    out = normalize(x, mean, variance, gamma, beta, BN_EPSILON)
+    return tf.cast(out, dtype), new_mean, new_variance
+
+
+# Pieces of a flat parameter vector alias it (no copy) when every piece is a multiple of
+# 64 bytes (TF's Split shares the buffer then): true for the supernet at even base widths.
+ALIGNMENT = 16
+
+
+class FlatInitializer(keras.initializers.Initializer):
+    """The concatenation of each piece's own initializer (Keras' Conv2D / BatchNormalization
+    defaults), in the order given."""
+
+    def __init__(self, pieces):
+        self.pieces = [(tuple(shape), kind) for _, shape, kind in pieces]
+
+    def __call__(self, shape, dtype=None):
+        values = []
+        for piece_shape, kind in self.pieces:
+            init = {"he_normal": keras.initializers.HeNormal, "ones": keras.initializers.Ones,
+                    "zeros": keras.initializers.Zeros}[kind]()
+            values.append(tf.reshape(init(piece_shape, dtype=dtype), [-1]))
+        return tf.concat(values, 0)
+
+
+def split_pieces(flat, shapes):
+    """The pieces of a flat vector, reshaped (one Split: views of `flat` when aligned)."""
+    sizes = [int(np.prod(shape)) for _, shape, _ in shapes]
+    parts = tf.split(flat, sizes) if len(sizes) > 1 else [flat]
+    return [tf.reshape(p, shape) for p, (_, shape, _) in zip(parts, shapes)]
 
 
 class CellFunctions:
@@ -302,57 +402,82 @@ class CellFunctions:
 class MixedOp(keras.layers.Layer):
     """sum_o alpha_o * op_o(x) over FasterSeg's five operators (one width mask for all).
 
+    Its variables are two flat vectors: `parameters` (every operator's kernels, BN gammas and
+    betas, in `parameter_shapes` order) and `statistics` (the BN moving statistics). The unrolled
+    step handles the supernet's weights as lists (T', T +- eps v, norms, clipping, the fused
+    update: a few ops per tensor), so ~75 flat vectors instead of ~1650 tensors make that graph
+    (and its tracing, runtime instantiation and per-op run time) several times smaller; the
+    values are the same functions of the same numbers. Split into views (no copy) when aligned.
+
     `cell_functions` (a CellFunctions shared by the supernet's MixedOps, or None): inside a
-    traced step, the MixedOp runs as one `tf.function` of (x, alpha, width weights, its weight
-    values), shared by every MixedOp of the same configuration. A supernet has ~100 MixedOps per forward but only
-    a handful of distinct ones (per scale, stride and width list), and the unrolled step runs
-    the forward 3-7 times with first and second derivatives: traced per MixedOp, the step's
-    graph is ~100k ops, each ~1 ms of Python tracing. Shared, each distinct cell and its
-    derivatives are traced once (TensorFlow caches a function's gradient functions).
+    traced step, the MixedOp runs as one `tf.function` of (x, alpha, width weights, its
+    parameters, its statistics), shared by every MixedOp of the same configuration. A supernet
+    has ~100 MixedOps per forward but only a handful of distinct ones (per scale, stride and
+    width list), and the unrolled step runs the forward 3-7 times with first and second
+    derivatives: traced per MixedOp, the step's graph is ~100k ops, each ~1 ms of Python
+    tracing. Shared, each distinct cell and its derivatives are traced once (TensorFlow caches
+    a function's gradient functions).
     """
 
     def __init__(self, out_channels, strides, width_mult_list, cell_functions=None, **kwargs):
         super().__init__(**kwargs)
-        self.built = True   # sublayers build on the first call (no symbolic trace)
-        self.config_key = (out_channels, strides, tuple(float(w) for w in width_mult_list))
+        self.built = True   # variables are made on the first call, from the input's channels
+        self.out_channels, self.strides = out_channels, strides
         self.cell_functions = cell_functions
         self.ops = [MaskedOp(k, out_channels, strides, width_mult_list, name=name)
                     for k, name in enumerate(OP_NAMES)]
+        self.in_channels = None
+        self.parameters = self.statistics = None
+
+    @property
+    def config_key(self):
+        return (self.in_channels, self.out_channels, self.strides,
+                tuple(op.masks.tobytes() for op in self.ops))
+
+    def parameter_shapes(self):
+        return [s for op in self.ops for s in op.parameter_shapes(self.in_channels)]
+
+    def statistic_shapes(self):
+        return [s for op in self.ops for s in op.statistic_shapes()]
+
+    def make_variables(self, in_channels):
+        self.in_channels = int(in_channels)
+        for attribute, shapes, trainable in (("parameters", self.parameter_shapes(), True),
+                                             ("statistics", self.statistic_shapes(), False)):
+            size = sum(int(np.prod(shape)) for _, shape, _ in shapes)
+            setattr(self, attribute, self.add_weight(
+                name=attribute, shape=(size,), initializer=FlatInitializer(shapes),
+                trainable=trainable))
 
     def call(self, x, op_weights, width_weights, training=None):
-        if (self.cell_functions is None or tf.executing_eagerly()
-                or not self.ops[-1].conv2.built):   # variables are made eagerly, on the first call
-            return self.mixed_forward(x, op_weights, width_weights, training)
-        key = self.config_key + (bool(training),)
-        functions = self.cell_functions.functions
-        if key not in functions:
-            functions[key] = self.traced_forward(bool(training))
-        weights, statistics = self.trainable_variables, self.non_trainable_variables
-        out, new_statistics = functions[key](
-            x, op_weights, width_weights, [v.value for v in weights],
-            [v.value for v in statistics])
-        for variable, value in zip(statistics, new_statistics):
-            variable.assign(value)
+        if self.parameters is None:
+            self.make_variables(x.shape[-1])
+        values = (x, op_weights, width_weights, self.parameters.value, self.statistics.value)
+        if self.cell_functions is None or tf.executing_eagerly():
+            out, new_statistics = self.mixed_forward(*values, training=bool(training))
+        else:
+            key = self.config_key + (bool(training),)
+            functions = self.cell_functions.functions
+            if key not in functions:
+                # Not inlined: inlined, the runtime's graph is as large as per-cell tracing's
+                # (lpt at the demo config with 16 layers: 3.7 vs 2.8 GB peak), and the exact
+                # mode's nested gradient functions grew past 15 GB there (README, issue 13).
+                functions[key] = tf.function(
+                    functools.partial(self.mixed_forward, training=bool(training)),
+                    autograph=False, reduce_retracing=False,
+                    experimental_attributes={"_noinline": True})
+            out, new_statistics = functions[key](*values)
+        if training:
+            self.statistics.assign(new_statistics)
         return out
 
-    def traced_forward(self, training):
-        """This MixedOp's forward as a function of its variables' values (and the new moving
-        statistics), valid for every MixedOp with the same `config_key`."""
-        weights, statistics = self.trainable_variables, self.non_trainable_variables
-
-        def forward(x, op_weights, width_weights, weight_values, statistic_values):
-            mapping = list(zip(weights, weight_values)) + list(zip(statistics, statistic_values))
-            with keras.StatelessScope(state_mapping=mapping) as scope:
-                out = self.mixed_forward(x, op_weights, width_weights, training)
-            return out, [scope.get_current_value(v) for v in statistics]
-
-        # Not inlined: inlined, the runtime's graph is as large as per-cell tracing's (lpt at
-        # the demo config with 16 layers: 3.7 vs 2.8 GB peak), and the exact mode's nested
-        # gradient functions grew past 15 GB there (README, issue 13).
-        return tf.function(forward, autograph=False, reduce_retracing=False,
-                           experimental_attributes={"_noinline": True})
-
-    def mixed_forward(self, x, op_weights, width_weights, training=None):
+    def mixed_forward(self, x, op_weights, width_weights, parameters, statistics,
+                      training=None):
+        """(sum_o alpha_o op_o(x), new flat statistics) from flat parameter and statistic
+        values: a function of its arguments only, valid for every MixedOp with this
+        `config_key`."""
+        params = split_pieces(parameters, self.parameter_shapes())
+        stats = split_pieces(statistics, self.statistic_shapes())
         # One mask per distinct prefix-mask table, and the five weights by one unstack: the
         # supernet has ~100 MixedOps per forward, and every op here is traced per pass.
         masks = {}
@@ -361,5 +486,16 @@ class MixedOp(keras.layers.Layer):
             if key not in masks:
                 masks[key] = op.channel_mask(width_weights, x.dtype)
         weights = tf.unstack(op_weights, num=len(self.ops))
-        return tf.add_n([w * op(x, masks[op.masks.tobytes()], training=training)
-                         for w, op in zip(weights, self.ops)])
+        outputs, new_stats = [], []
+        p = s = 0
+        for w, op in zip(weights, self.ops):
+            n_params = len(op.parameter_shapes(self.in_channels))
+            n_stats = len(op.statistic_shapes())
+            out, op_stats = op.call(x, masks[op.masks.tobytes()], params[p:p + n_params],
+                                    stats[s:s + n_stats], training)
+            outputs.append(w * out)
+            new_stats += op_stats
+            p, s = p + n_params, s + n_stats
+        new_statistics = (tf.concat([tf.reshape(t, [-1]) for t in new_stats], 0) if training
+                          else statistics)
+        return tf.add_n(outputs), new_statistics
