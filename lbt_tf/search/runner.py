@@ -251,7 +251,8 @@ def _run_search(config) -> SearchResult:
     if resume and manager.latest_checkpoint:
         try:
             checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        except AssertionError as err:  # another model, or an older lbt_tf's checkpoint
+        except (AssertionError, ValueError) as err:  # another model, or an older lbt_tf's
+            # checkpoint (ValueError: other shapes, e.g. the per-layer supernet variables)
             raise DataError(f"{manager.latest_checkpoint} does not fit this search's models "
                             f"({str(err).splitlines()[0][:200]}); use another --run_dir or "
                             "--overwrite") from None

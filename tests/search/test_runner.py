@@ -159,6 +159,33 @@ def test_resume_after_a_crash_loses_at_most_one_epoch(tmp_path, builders, monkey
     assert history[1]["arch_values"] == saved_arch
 
 
+def test_resume_from_a_checkpoint_of_other_shapes_is_one_clear_error(tmp_path, builders,
+                                                                     monkeypatch):
+    """A checkpoint whose variables have other shapes (an older lbt_tf's supernet, whose
+    variables were per layer) is refused naming it, not restored halfway."""
+    config = tiny_search_config(tmp_path, "lpt")
+    original = search_callbacks.PeriodicCheckpoint.on_epoch_end
+
+    def crash_after_epoch_one(self, epoch, logs=None):
+        original(self, epoch, logs)
+        raise _Crash()
+
+    monkeypatch.setattr(search_callbacks.PeriodicCheckpoint, "on_epoch_end",
+                        crash_after_epoch_one)
+    with pytest.raises(_Crash):
+        runner.run_search(config)
+    monkeypatch.setattr(search_callbacks.PeriodicCheckpoint, "on_epoch_end", original)
+
+    def wider_supernet(config):
+        model = TinySupernet(config.data.num_classes, channels=6)
+        model(tf.zeros((1, config.data.crop_height, config.data.crop_width, 3)))
+        return model
+
+    monkeypatch.setattr(runner, "build_supernet", wider_supernet)
+    with pytest.raises(DataError, match=r"ckpt-\d+ does not fit this search's models"):
+        runner.run_search(config_lib.replace(config, resume=True))
+
+
 def test_resume_mid_epoch_continues_from_the_checkpointed_step(tmp_path, builders, monkeypatch,
                                                                 capsys):
     """--checkpoint_every_steps=1: a crash after step 1 of epoch 2 (of 3) loses nothing; the
