@@ -149,7 +149,7 @@ class SearchConfig:
     trace_once: Optional[bool] = None
     # lbt finite_difference / hvp: the val passes at T' (L_t^val and P) keep no activations,
     # their backward redoes the forward (tf.recompute_grad). None: on for those two. Not for
-    # exact: TF cannot transpose recompute_grad under nested tapes.
+    # exact: measured, its peak is in the virtual steps' second-order graphs (README).
     recompute_activations: Optional[bool] = None
     mixed_precision: str = "float32"      # names.SEARCH_PRECISIONS: the models' dtype policy
 
@@ -341,9 +341,9 @@ def validate(config: Config) -> Config:
         check_range(flag, value, bounds)
     if s.recompute_activations and (s.mode != "lbt" or s.hypergrad == "exact"):
         raise ConfigError("--recompute_activations applies to --search_mode=lbt with "
-                          "--hypergrad=finite_difference or hvp (exact: TensorFlow cannot "
-                          f"differentiate tf.recompute_grad twice); got --search_mode={s.mode} "
-                          f"--hypergrad={s.hypergrad}")
+                          "--hypergrad=finite_difference or hvp (exact: its memory peak is in "
+                          "the second-order graphs of the virtual steps, which tf.recompute_grad "
+                          f"cannot cover); got --search_mode={s.mode} --hypergrad={s.hypergrad}")
     if s.latency_target_max_ms and s.latency_target_max_ms < s.latency_target_min_ms:
         raise ConfigError(f"--latency_target_max_ms={s.latency_target_max_ms} is below "
                           f"--latency_target_min_ms={s.latency_target_min_ms}")

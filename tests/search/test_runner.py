@@ -136,20 +136,25 @@ class _Crash(Exception):
     pass
 
 
-def test_resume_after_a_crash_loses_at_most_one_epoch(tmp_path, builders, monkeypatch):
-    config = tiny_search_config(tmp_path, "lpt")
+def _search_crashing_after_epoch(config, monkeypatch, crash_epoch):
+    """Runs the search until its checkpoint at the end of epoch `crash_epoch` (0-based), then
+    raises _Crash there (a crash right after a checkpoint)."""
     original = search_callbacks.PeriodicCheckpoint.on_epoch_end
 
-    def crash_after_epoch_two(self, epoch, logs=None):
+    def crash_after(self, epoch, logs=None):
         original(self, epoch, logs)
-        if epoch == 1:
+        if epoch == crash_epoch:
             raise _Crash()
 
-    monkeypatch.setattr(search_callbacks.PeriodicCheckpoint, "on_epoch_end",
-                        crash_after_epoch_two)
+    monkeypatch.setattr(search_callbacks.PeriodicCheckpoint, "on_epoch_end", crash_after)
     with pytest.raises(_Crash):
         runner.run_search(config)
     monkeypatch.setattr(search_callbacks.PeriodicCheckpoint, "on_epoch_end", original)
+
+
+def test_resume_after_a_crash_loses_at_most_one_epoch(tmp_path, builders, monkeypatch):
+    config = tiny_search_config(tmp_path, "lpt")
+    _search_crashing_after_epoch(config, monkeypatch, crash_epoch=1)
     saved_arch = json.load(open(tmp_path / "arch" / "arch_history.json"))[-1]["arch_values"]
     resumed = runner.run_search(config_lib.replace(config, resume=True))
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
@@ -164,17 +169,7 @@ def test_resume_from_a_checkpoint_of_other_shapes_is_one_clear_error(tmp_path, b
     """A checkpoint whose variables have other shapes (an older lbt_tf's supernet, whose
     variables were per layer) is refused naming it, not restored halfway."""
     config = tiny_search_config(tmp_path, "lpt")
-    original = search_callbacks.PeriodicCheckpoint.on_epoch_end
-
-    def crash_after_epoch_one(self, epoch, logs=None):
-        original(self, epoch, logs)
-        raise _Crash()
-
-    monkeypatch.setattr(search_callbacks.PeriodicCheckpoint, "on_epoch_end",
-                        crash_after_epoch_one)
-    with pytest.raises(_Crash):
-        runner.run_search(config)
-    monkeypatch.setattr(search_callbacks.PeriodicCheckpoint, "on_epoch_end", original)
+    _search_crashing_after_epoch(config, monkeypatch, crash_epoch=0)
 
     def wider_supernet(config):
         model = TinySupernet(config.data.num_classes, channels=6)
