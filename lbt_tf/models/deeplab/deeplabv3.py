@@ -14,7 +14,6 @@ import keras
 from keras import layers, ops
 
 from lbt_tf.models.deeplab.resnet import BN_MOMENTUM, kaiming_fan_out, resnet_backbone
-from lbt_tf.ops.batch_norm import BatchNorm
 from lbt_tf.ops.resize import resize_bilinear
 
 HEAD_BN_EPSILON = 1e-5  # torch's BatchNorm2d default
@@ -77,7 +76,7 @@ def _head_conv_bn_relu(x, filters, kernel_size, name, dilation=1):
     x = layers.Conv2D(filters, kernel_size, padding="same", dilation_rate=dilation,
                       use_bias=False, kernel_initializer=kaiming_fan_out(),
                       name=f"{name}_conv")(x)
-    x = BatchNorm(epsilon=HEAD_BN_EPSILON, momentum=BN_MOMENTUM,
+    x = layers.BatchNormalization(epsilon=HEAD_BN_EPSILON, momentum=BN_MOMENTUM,
                                   name=f"{name}_bn")(x)
     return layers.Activation("relu", name=f"{name}_relu")(x)
 

@@ -14,8 +14,6 @@ from typing import Sequence
 import keras
 from keras import layers
 
-from lbt_tf.ops.batch_norm import BatchNorm
-
 # keras.applications.ResNet50's BatchNorm epsilon; kept so its weights give identical features.
 BACKBONE_BN_EPSILON = 1.001e-5
 BN_MOMENTUM = 0.9  # torchvision's momentum=0.1 in Keras' convention
@@ -34,7 +32,7 @@ def conv_bn(x, filters, kernel_size, name, strides=1, dilation=1, relu=True,
     x = layers.Conv2D(filters, kernel_size, strides=strides, dilation_rate=dilation,
                       padding="same" if kernel_size > 1 else "valid", use_bias=False,
                       kernel_initializer=kaiming_fan_out(), name=f"{name}_conv")(x)
-    x = BatchNorm(epsilon=epsilon, momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
+    x = layers.BatchNormalization(epsilon=epsilon, momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
     if relu:
         x = layers.Activation("relu", name=f"{name}_relu")(x)
     return x
@@ -75,7 +73,7 @@ def resnet_backbone(inputs, blocks_per_stage: Sequence[int] = (3, 4, 6, 3), base
     x = layers.ZeroPadding2D(3, name="conv1_pad")(inputs)
     x = layers.Conv2D(base_width, 7, strides=2, use_bias=False,
                       kernel_initializer=kaiming_fan_out(), name="conv1_conv")(x)
-    x = BatchNorm(epsilon=BACKBONE_BN_EPSILON, momentum=BN_MOMENTUM,
+    x = layers.BatchNormalization(epsilon=BACKBONE_BN_EPSILON, momentum=BN_MOMENTUM,
                                   name="conv1_bn")(x)
     x = layers.Activation("relu", name="conv1_relu")(x)
     # Zero padding before max-pooling equals torch's -inf padding: the input is post-ReLU.
