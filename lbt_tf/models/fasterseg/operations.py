@@ -267,7 +267,8 @@ class MaskedOp:
     def __init__(self, op_index, out_channels, strides, width_mult_list, name=None):
         self.op_index, self.strides, self.name = op_index, strides, name
         self.out_channels = out_channels
-        self.masks = prefix_masks(out_channels, width_mult_list, halves=op_index == 0 and strides == 2)
+        self.masks = prefix_masks(out_channels, width_mult_list,
+                                  halves=op_index == 0 and strides == 2)
 
     def convs(self, in_channels):
         """The ConvSpecs in forward order; each conv is followed by its BN except the factorized
