@@ -81,17 +81,11 @@ class BatchNorm(keras.layers.BatchNormalization):
                 or self.synchronized or not (self.center and self.scale)
                 or self.axis not in (-1, rank - 1)):
             return super().call(inputs, training=training, mask=mask)
-        x = tf.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
-        axes = tf.constant(list(range(rank - 1)))
-        mean = tf.reduce_mean(x, axes)
-        variance = tf.reduce_mean(tf.square(x - mean), axes)
-        moving_mean = tf.cast(self.moving_mean, x.dtype)
-        moving_variance = tf.cast(self.moving_variance, x.dtype)
-        self.moving_mean.assign(moving_mean * self.momentum + mean * (1.0 - self.momentum))
-        self.moving_variance.assign(
-            moving_variance * self.momentum + variance * (1.0 - self.momentum))
-        out = normalize(x, mean, variance, tf.cast(self.gamma, x.dtype),
-                        tf.cast(self.beta, x.dtype), self.epsilon)
+        out, new_mean, new_variance = batch_norm(
+            inputs, self.gamma, self.beta, self.moving_mean, self.moving_variance, True,
+            self.momentum, self.epsilon)
+        self.moving_mean.assign(new_mean)
+        self.moving_variance.assign(new_variance)
         return tf.cast(out, self.compute_dtype)
 
 
@@ -343,9 +337,11 @@ class MaskedOp:
         return tf.nn.relu(out) * mask, new_statistics
 
 
-def batch_norm(x, gamma, beta, moving_mean, moving_variance, training):
-    """`BatchNorm`'s forward from given tensors: (output, new moving mean, new moving variance);
-    training uses the batch moments (`normalize`), inference the moving statistics."""
+def batch_norm(x, gamma, beta, moving_mean, moving_variance, training, momentum=BN_MOMENTUM,
+               epsilon=BN_EPSILON):
+    """`BatchNorm`'s forward from given tensors (its call in training mode, and the supernet's
+    MaskedOps): (output, new moving mean, new moving variance); training uses the batch moments
+    (`normalize`), inference the moving statistics."""
     dtype = x.dtype
     x = tf.cast(x, keras.backend.result_type(x.dtype, "float32"))
     moving_mean = tf.cast(moving_mean, x.dtype)
@@ -353,14 +349,14 @@ def batch_norm(x, gamma, beta, moving_mean, moving_variance, training):
     gamma, beta = tf.cast(gamma, x.dtype), tf.cast(beta, x.dtype)
     if not training:
         out = keras.ops.batch_normalization(x, moving_mean, moving_variance, -1, beta, gamma,
-                                            BN_EPSILON)
+                                            epsilon)
         return tf.cast(out, dtype), moving_mean, moving_variance
     axes = tf.constant(list(range(len(x.shape) - 1)))
     mean = tf.reduce_mean(x, axes)
     variance = tf.reduce_mean(tf.square(x - mean), axes)
-    new_mean = moving_mean * BN_MOMENTUM + mean * (1.0 - BN_MOMENTUM)
-    new_variance = moving_variance * BN_MOMENTUM + variance * (1.0 - BN_MOMENTUM)
-    out = normalize(x, mean, variance, gamma, beta, BN_EPSILON)
+    new_mean = moving_mean * momentum + mean * (1.0 - momentum)
+    new_variance = moving_variance * momentum + variance * (1.0 - momentum)
+    out = normalize(x, mean, variance, gamma, beta, epsilon)
     return tf.cast(out, dtype), new_mean, new_variance
 
 
