@@ -360,11 +360,6 @@ def batch_norm(x, gamma, beta, moving_mean, moving_variance, training, momentum=
     return tf.cast(out, dtype), new_mean, new_variance
 
 
-# Pieces of a flat parameter vector alias it (no copy) when every piece is a multiple of
-# 64 bytes (TF's Split shares the buffer then): true for the supernet at even base widths.
-ALIGNMENT = 16
-
-
 class FlatInitializer(keras.initializers.Initializer):
     """The concatenation of each piece's own initializer (Keras' Conv2D / BatchNormalization
     defaults), in the order given."""
@@ -382,7 +377,9 @@ class FlatInitializer(keras.initializers.Initializer):
 
 
 def split_pieces(flat, shapes):
-    """The pieces of a flat vector, reshaped (one Split: views of `flat` when aligned)."""
+    """The pieces of a flat vector, reshaped. One Split: views of `flat`, no copy, when every
+    piece is a multiple of 64 bytes (TF shares the buffer then; the supernet's pieces are at even
+    base widths), else a copy."""
     sizes = [int(np.prod(shape)) for _, shape, _ in shapes]
     parts = tf.split(flat, sizes) if len(sizes) > 1 else [flat]
     return [tf.reshape(p, shape) for p, (_, shape, _) in zip(parts, shapes)]
