@@ -148,8 +148,9 @@ class SearchConfig:
     # (its 5 teacher and 5 student passes; demo: 3.3 vs 6.0 GB), off otherwise (README).
     trace_once: Optional[bool] = None
     # lbt finite_difference / hvp: the val passes at T' (L_t^val and P) keep no activations,
-    # their backward redoes the forward (tf.recompute_grad). None: on for those two. Not for
-    # exact: measured, its peak is in the virtual steps' second-order graphs (README).
+    # each one's backward redoes its forward, one pass after the other
+    # (darts.recomputed_val_gradient). None: on for those two. Not for exact: measured, its
+    # peak is in the virtual steps' second-order graphs (README).
     recompute_activations: Optional[bool] = None
     mixed_precision: str = "float32"      # names.SEARCH_PRECISIONS: the models' dtype policy
 
@@ -342,8 +343,8 @@ def validate(config: Config) -> Config:
     if s.recompute_activations and (s.mode != "lbt" or s.hypergrad == "exact"):
         raise ConfigError("--recompute_activations applies to --search_mode=lbt with "
                           "--hypergrad=finite_difference or hvp (exact: its memory peak is in "
-                          "the second-order graphs of the virtual steps, which tf.recompute_grad "
-                          f"cannot cover); got --search_mode={s.mode} --hypergrad={s.hypergrad}")
+                          "the second-order graphs of the virtual steps, which recomputing the val "
+                          f"passes does not cover); got --search_mode={s.mode} --hypergrad={s.hypergrad}")
     if s.latency_target_max_ms and s.latency_target_max_ms < s.latency_target_min_ms:
         raise ConfigError(f"--latency_target_max_ms={s.latency_target_max_ms} is below "
                           f"--latency_target_min_ms={s.latency_target_min_ms}")

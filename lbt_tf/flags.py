@@ -166,8 +166,9 @@ FLAG_TABLE = {
                    "on for --search_mode=lbt --hypergrad=finite_difference only."),
     "recompute_activations": ("search", "recompute_activations",
                               "lbt finite_difference/hvp: the val passes at T' keep no "
-                              "activations, their backward redoes the forward (~1 GB less at "
-                              "the paper's size, one more pair of teacher forwards). Default: "
+                              "activations, each one's backward redoes its forward, one pass "
+                              "after the other (fewer tensors, one more pair of teacher "
+                              "forwards: README). Default: "
                               "on for those two."),
     "mixed_precision": ("search", "mixed_precision",
                         "float32 | mixed_bfloat16: the student computes in bfloat16 (float32 "

@@ -42,9 +42,10 @@ def soft_loss(problem, student_weights, images, probs):
 def darts_hypergradient(products: MixedProducts, problem, teacher_weights, arch,
                         student_weights, xi_t, xi_s, latency_weight, batches: Batches,
                         diagnose=None) -> ArchGradient:
-    """Passes: the virtual steps, the student val backward, soft_product, one backward of
-    L_t^val and P together (to (T', A): v and grad_A's first terms summed as they are made, no
-    separate copy of each term), arch_product. The stages run one after another (lrn.after)."""
+    """Passes: the virtual steps, the student val backward, soft_product, the backward of
+    L_t^val and P to (T', A) (v and grad_A's first terms: both passes together with kept
+    activations; with recompute_activations each pass redone, one after the other),
+    arch_product. The stages run one after another (lrn.after)."""
     what = products.what
     new_teacher, reuse = problem.virtual_teacher_step(teacher_weights, arch, xi_t,
                                                       batches.teacher_train)
@@ -52,18 +53,23 @@ def darts_hypergradient(products: MixedProducts, problem, teacher_weights, arch,
     num_t = len(new_teacher)
     teacher_and_arch = new_teacher + list(arch)
     names = problem.teacher.weight_names + problem.teacher.arch_names
-    with tf.GradientTape() as tape:
-        tape.watch(teacher_and_arch)
+
+    def val_passes():
         if problem.student is None:
-            teacher_val = problem.teacher_loss(new_teacher, arch, batches.teacher_val)
-        else:
-            teacher_val, probs = problem.teacher_val_and_probs(new_teacher, arch,
-                                                               batches.teacher_val,
-                                                               batches.unlabeled)
+            return problem.teacher_loss(new_teacher, arch, batches.teacher_val), None
+        return problem.teacher_val_and_probs(new_teacher, arch, batches.teacher_val,
+                                             batches.unlabeled)
+
+    tape = None
+    if problem.recompute_activations:
+        teacher_val, probs = val_passes()  # values only: no tape, no activations kept
+    else:
+        with tf.GradientTape() as tape:
+            tape.watch(teacher_and_arch)
+            teacher_val, probs = val_passes()
     # d/d(T', A) of [L_t^val + coeff . P] with coeff = -xi_s lambda d2 L_soft/dP dS . u gives
-    # (v, grad_A L_t^val - xi_s lambda g_soft(A)) in one backward.
-    targets, seeds = [teacher_val], [tf.ones_like(teacher_val)]
-    student_val = None
+    # (v, grad_A L_t^val - xi_s lambda g_soft(A)).
+    probs_seed = student_val = None
     if problem.student is not None:
         # Each stage starts once the previous one's result exists (lrn.after), so that its
         # weight copies and activations are not alive beside the previous stage's.
@@ -77,12 +83,20 @@ def darts_hypergradient(products: MixedProducts, problem, teacher_weights, arch,
                               problem.student.weight_names, f"{what}: grad_S' L_s^val")
         u = [problem.student_val_weight * g for g in u]
         coeff = -tf.cast(xi_s, dtype) * problem.pseudo_label_weight
-        targets.append(probs)
         with lrn.after(u):  # its student pass would otherwise start as soon as P exists
-            seeds.append(coeff * products.soft_product(problem, student_weights, u, probs,
-                                                       batches.unlabeled))
-    val_grads = checked_gradients(tape.gradient(targets, teacher_and_arch, output_gradients=seeds),
-                                  names, f"{what}: d [L_t^val + coeff . P] / d(T', A)")
+            probs_seed = coeff * products.soft_product(problem, student_weights, u, probs,
+                                                       batches.unlabeled)
+    what_val = f"{what}: d [L_t^val + coeff . P] / d(T', A)"
+    if tape is None:
+        val_grads = recomputed_val_gradient(problem, new_teacher, arch, batches, probs_seed,
+                                            what_val)
+    else:
+        targets, seeds = [teacher_val], [tf.ones_like(teacher_val)]
+        if probs_seed is not None:
+            targets.append(probs)
+            seeds.append(probs_seed)
+        val_grads = checked_gradients(
+            tape.gradient(targets, teacher_and_arch, output_gradients=seeds), names, what_val)
     v, grads = val_grads[:num_t], val_grads[num_t:]
 
     xi_t = tf.cast(xi_t, dtype)
@@ -116,3 +130,22 @@ def darts_hypergradient(products: MixedProducts, problem, teacher_weights, arch,
     latency, lat_grads = problem.latency_gradient(arch, latency_weight)
     return problem.result(grads, teacher_grads, teacher_val, student_val, latency, lat_grads,
                           reuse)
+
+
+def recomputed_val_gradient(problem, new_teacher, arch, batches: Batches, probs_seed, what):
+    """d/d(T', A) [L_t^val + probs_seed . P] with each val pass's forward redone in its backward
+    (recompute_activations), one pass after the other: P's first (its seed is the step's
+    latest result), then L_t^val's, so that at most one pass's activations and the other's
+    gradient are alive. `tf.recompute_grad` around both passes starts the recomputation as soon
+    as its *first* output's gradient exists; L_t^val's is a constant, so the recomputed
+    activations (and a copy of T') waited through the student stages for P's gradient (paper
+    setting, memory profile: 2.6 GB of the 8.9 GB peak), and the two backwards then ran side by
+    side, one's whole gradient waiting for the other's activations (README)."""
+    probs_grads = None
+    if probs_seed is not None:
+        probs_grads = problem.teacher_probs_gradient(new_teacher, arch, batches.unlabeled,
+                                                     probs_seed, what)
+    with lrn.after(probs_grads):
+        _, val_grads = problem.teacher_loss_gradient(new_teacher, arch, batches.teacher_val, what,
+                                                     weights_too=True)
+    return val_grads if probs_grads is None else [a + b for a, b in zip(val_grads, probs_grads)]

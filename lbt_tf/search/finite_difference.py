@@ -32,7 +32,7 @@ class CentralDifferences:
         eps, v_norm = _step(problem.finite_difference_scale, v)
 
         def arch_grad_at(weights):
-            return problem.teacher_arch_gradient(weights, arch, batch,
+            return problem.teacher_loss_gradient(weights, arch, batch,
                                                  "FD: grad_A L_t^tr(T +- eps v)")[1]
 
         with tf.name_scope("fd_plus"):

@@ -42,7 +42,7 @@ class SearchProblem:
     # Whether the virtual teacher step's gradient is handed on (StepGradients) for the real step
     # to reuse; without, it dies once T' exists and the real step recomputes it.
     keep_step_gradients: bool = True
-    # darts.py's val passes at T' keep no activations: their backward redoes the forward.
+    # darts.py's val passes at T' keep no activations: each one's backward redoes its forward.
     recompute_activations: bool = False
 
     def teacher_loss(self, weights, arch, batch):
@@ -54,11 +54,10 @@ class SearchProblem:
         return lrn.teacher_probabilities(outputs, images.shape[1:3])
 
     def teacher_val_and_probs(self, weights, arch, batch, images):
-        """(L(T', A; batch), P(T', A; images)) as darts.py differentiates them together. With
-        trace_once one traced function: its backward is then one call that sums the two paths'
-        gradients w.r.t. T' inside (two calls' backwards return a whole gradient list each, 1 GB
-        at the paper's size, both alive before their sum). With recompute_activations the
-        forward keeps no activations, its backward redoes it (paper: 0.9 GB less, README)."""
+        """(L(T', A; batch), P(T', A; images)) as darts.py differentiates them together (without
+        recompute_activations). With trace_once one traced function: its backward is then one
+        call that sums the two paths' gradients w.r.t. T' inside (two calls' backwards return a
+        whole gradient list each, 1 GB at the paper's size, both alive before their sum)."""
         def val_and_probs(weights, arch, val_images, val_labels, images):
             outputs, _ = self.teacher.forward(weights, arch, val_images, inline=True)
             loss = lrn.teacher_seg_loss(outputs, val_labels, self.ignore_label)
@@ -66,10 +65,8 @@ class SearchProblem:
                 outputs, _ = self.teacher.forward(weights, arch, images, inline=True)
             return loss, lrn.teacher_probabilities(outputs, images.shape[1:3])
 
-        val_and_probs = self.teacher.traced("val_and_probs", val_and_probs)
-        if self.recompute_activations:
-            val_and_probs = tf.recompute_grad(val_and_probs)
-        return val_and_probs(list(weights), list(arch), *batch, images)
+        return self.teacher.traced("val_and_probs", val_and_probs)(list(weights), list(arch),
+                                                                    *batch, images)
 
     def student_loss(self, weights, batch):
         outputs, _ = self.student.forward(weights, [], batch[0])
@@ -84,23 +81,42 @@ class SearchProblem:
         grads = tape.gradient(loss, weights)
         return loss, checked_gradients(grads, self.teacher.weight_names, what), stats
 
-    def teacher_arch_gradient(self, weights, arch, batch, what):
-        """(L(T, A; batch), grad_A) at fixed T. With trace_once one traced function for all such
-        passes whose forward is inline, so that its backward computes no gradient w.r.t. T (the
-        traced forward's backward computes every input's: 1 GB and the filter-gradient
-        convolutions at the paper's size, then dropped). Used by FD's 2-4 perturbed passes; not
-        by lpt's single val pass, where the extra function's graph cost more memory than it
-        saved (demo config at F=12, trace_once: lpt peak 3.9 GB with it, 3.5 GB without)."""
+    def teacher_loss_gradient(self, weights, arch, batch, what, weights_too=False):
+        """(L(T, A; batch), grad_A, or grad_(T, A) with `weights_too`): forward and backward as
+        one pass; with trace_once one traced function per kind whose forward is inline, so that
+        its backward computes no gradient it does not return (the traced forward's backward
+        computes every input's: 1 GB and the filter-gradient convolutions at the paper's size,
+        then dropped) and frees each activation once used. Used by FD's 2-4 perturbed passes
+        (grad_A) and darts.py's recomputed val pass (grad_(T', A)); not by lpt's single val
+        pass, where the extra function's graph cost more memory than it saved (demo config at
+        F=12, trace_once: lpt peak 3.9 GB with it, 3.5 GB without)."""
         def loss_and_gradient(weights, arch, images, labels):
+            watched = (list(weights) if weights_too else []) + list(arch)
             with tf.GradientTape() as tape:
-                tape.watch(arch)
+                tape.watch(watched)
                 outputs, _ = self.teacher.forward(weights, arch, images, inline=True)
                 loss = lrn.teacher_seg_loss(outputs, labels, self.ignore_label)
-            return loss, tape.gradient(loss, arch)
+            return loss, tape.gradient(loss, watched)
 
-        loss, grads = self.teacher.traced("arch_gradient", loss_and_gradient)(
+        loss, grads = self.teacher.traced(("loss_gradient", weights_too), loss_and_gradient)(
             list(weights), list(arch), *batch)
-        return loss, checked_gradients(grads, self.teacher.arch_names, what)
+        names = (self.teacher.weight_names if weights_too else []) + self.teacher.arch_names
+        return loss, checked_gradients(grads, names, what)
+
+    def teacher_probs_gradient(self, weights, arch, images, seed, what):
+        """d/d(T, A) <P(T, A; images), seed>: P's backward given its incoming gradient `seed`,
+        its forward redone (darts.py's recomputed pass; one traced function with trace_once)."""
+        def probs_gradient(weights, arch, images, seed):
+            watched = list(weights) + list(arch)
+            with tf.GradientTape() as tape:
+                tape.watch(watched)
+                outputs, _ = self.teacher.forward(weights, arch, images, inline=True)
+                probs = lrn.teacher_probabilities(outputs, images.shape[1:3])
+            return tape.gradient(probs, watched, output_gradients=seed)
+
+        grads = self.teacher.traced("probs_gradient", probs_gradient)(list(weights), list(arch),
+                                                                      images, seed)
+        return checked_gradients(grads, self.teacher.weight_names + self.teacher.arch_names, what)
 
     def student_gradient(self, weights, batch):
         """(L(S; batch), grad_S, new statistics); grads may hold None (checked once summed with

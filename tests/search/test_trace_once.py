@@ -86,3 +86,40 @@ def test_recomputed_val_passes_give_the_same_hypergradient(float64, hypergrad, t
 def test_recompute_activations_default(mode, hypergrad, flag, expected):
     model = models_under_test.stand_in_search_model(mode, hypergrad, recompute_activations=flag)
     assert model.problem.recompute_activations is expected
+
+
+def _ancestors(op):
+    """The names of every op `op` waits for in its graph (data and control inputs)."""
+    seen, stack = set(), [op]
+    while stack:
+        current = stack.pop()
+        for parent in [t.op for t in current.inputs] + list(current.control_inputs):
+            if parent.name not in seen:
+                seen.add(parent.name)
+                stack.append(parent)
+    return seen
+
+
+def test_recomputed_val_passes_run_after_the_soft_product_one_at_a_time():
+    """--recompute_activations (darts.recomputed_val_gradient): P's recomputed pass starts only
+    once its incoming gradient (the soft product) exists, and L_t^val's (like every other
+    teacher pass after it) only once P's gradient exists. With `tf.recompute_grad` around both,
+    the recomputation started at once (L_t^val's seed is a constant) and held both passes'
+    activations through the student stages (2.6 GB at the paper's setting)."""
+    supernet, student, num_classes = models_under_test.build("stand_in")
+    batches = _batches(num_classes, seed=2)
+    step = tf.function(lambda: _lbt_gradient((supernet, student), batches, "finite_difference",
+                                             True, recompute_activations=True)[1])
+    graph = step.get_concrete_function().graph
+    calls = [(op, op.get_attr("f").name) for op in graph.get_operations()
+             if op.type in ("PartitionedCall", "StatefulPartitionedCall")]
+    # The traced passes (Learner.traced): P's, and L_t^val's and FD's perturbed ones.
+    probs_pass = [op for op, name in calls if "probs_gradient" in name]
+    loss_passes = [op for op, name in calls if "loss_and_gradient" in name]
+    assert len(probs_pass) == 1 and len(loss_passes) == 3, [n for _, n in calls]  # val, FD's T +- eps v
+    # finite_difference.py's soft product: the student's forward at S - eps u (its arch
+    # product's scopes, made later, are fd_minus_1/...).
+    soft_product = {op.name for op in graph.get_operations() if op.name.startswith("fd_minus/")}
+    assert soft_product & _ancestors(probs_pass[0])
+    for op in loss_passes:
+        assert probs_pass[0].name in _ancestors(op)
