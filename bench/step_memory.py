@@ -1,0 +1,139 @@
+"""What is alive at the search step's memory peak: TensorFlow's memory profile of one step.
+
+    python bench/step_memory.py --flagfile=configs/cityscapes_search.flags --data_source=synthetic \
+        --memory_mode=lbt-finite_difference [--profile_dir=DIR] [--top=25]
+
+Runs the step once (trace and first run), then profiles its second run with TensorFlow's
+profiler: the trace goes to --profile_dir (TensorBoard's Profile tab, memory_profile tool, shows
+it with the TensorBoard profile plugin installed) and the allocations alive at the allocator's
+peak are printed, grouped by the op that made them (name without its numeric suffix; shapes of
+those over 50 MB) and by when in the step they were made. A weight-sized group made early and
+still alive at a late peak is a stage's result (or activations) waiting for a later stage: that
+is how the recomputation's schedule was found (README, issue 13).
+
+On CPU the profiler's memory events come from the BFC allocator, so this script sets
+TF_CPU_ALLOCATOR_USE_BFC=true: its peaks are that allocator's, to be compared between runs of
+this script (bench/search_step.py measures the default allocator's).
+"""
+from __future__ import annotations
+
+import collections
+import glob
+import json
+import os
+import re
+import sys
+
+os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")  # before TensorFlow is imported
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [os.path.dirname(BENCH_DIR), BENCH_DIR]
+
+from absl import app, flags  # noqa: E402
+
+from lbt_tf import config as config_lib  # noqa: E402
+from lbt_tf import flags as lbt_flags  # noqa: E402
+from search_step import MODES  # noqa: E402  (the bench's mode names)
+
+flags.DEFINE_enum("memory_mode", "lbt-finite_difference", list(MODES), "The mode to profile.")
+flags.DEFINE_string("profile_dir", None, "Where the profiler trace goes (default: "
+                    "<run_dir>/step_memory).")
+flags.DEFINE_integer("top", 25, "Groups of live allocations to print.")
+
+BIG_BYTES = 50e6  # groups of tensors this large are told apart by shape
+
+
+def live_at_peak(memory_profile):
+    """[(allocator, peak bytes, [(op, region, shape, bytes, seconds into the profile)])] of
+    TensorFlow's memory_profile tool data (its JSON): every allocation alive at the peak."""
+    result = []
+    for allocator, profile in memory_profile["memoryProfilePerAllocator"].items():
+        snapshots = profile["memoryProfileSnapshots"]
+        special = profile.get("specialAllocations", [])
+        rows = []
+        for active in profile["activeAllocations"]:
+            index = int(active["snapshotIndex"])
+            if index >= 0:
+                meta = snapshots[index]["activityMetadata"]
+                seconds = int(snapshots[index]["timeOffsetPs"]) / 1e12
+            else:  # memory held before the profile started (variables, earlier tensors)
+                meta, seconds = special[int(active["specialIndex"])], None
+            size = int(meta["allocationBytes"]) * int(active.get("numOccurrences", 1))
+            rows.append((meta["tfOpName"], meta["regionType"], meta["tensorShape"], size,
+                         seconds))
+        peak = int(profile["profileSummary"]["peakStats"]["peakBytesInUse"])
+        result.append((allocator, peak, rows))
+    return result
+
+
+def group_by_op(rows):
+    """{(op without numeric suffix, region, shape if big): (bytes, count)}, largest first."""
+    groups = collections.defaultdict(lambda: [0, 0])
+    for op, region, shape, size, _ in rows:
+        key = (re.sub(r"_\d+$", "", op), region, shape if size > BIG_BYTES else "")
+        groups[key][0] += size
+        groups[key][1] += 1
+    return dict(sorted(groups.items(), key=lambda item: -item[1][0]))
+
+
+def group_by_second(rows):
+    """{whole seconds into the profile (None: before it): bytes} of the live allocations."""
+    seconds = collections.Counter()
+    for _, _, _, size, at in rows:
+        seconds[None if at is None else int(at)] += size
+    return dict(sorted(seconds.items(), key=lambda item: -1 if item[0] is None else item[0]))
+
+
+def memory_profile_of(profile_dir):
+    """The memory_profile tool's data of the newest trace under `profile_dir`."""
+    from tensorflow.python.profiler.internal import _pywrap_profiler_plugin as converter
+
+    traces = sorted(glob.glob(os.path.join(profile_dir, "**", "*.xplane.pb"), recursive=True),
+                    key=os.path.getmtime)
+    if not traces:
+        raise FileNotFoundError(f"no profiler trace (*.xplane.pb) under {profile_dir}")
+    data, _ = converter.xspace_to_tools_data(traces[-1:], "memory_profile", {})
+    return json.loads(data)
+
+
+def report(memory_profile, top):
+    for allocator, peak, rows in live_at_peak(memory_profile):
+        print(f"allocator {allocator}: peak {peak / 2**30:.2f} GiB, {len(rows)} live "
+              f"allocations at the peak")
+        for (op, region, shape), (size, count) in list(group_by_op(rows).items())[:top]:
+            print(f"  {size / 2**30:7.3f} GiB  x{count:<5d} {op} ({region}) {shape}")
+        print("  made at (seconds into the profiled step; - = before it):")
+        for second, size in group_by_second(rows).items():
+            if size > BIG_BYTES:
+                print(f"    {'-' if second is None else second:>4}  {size / 2**30:6.3f} GiB")
+
+
+def main(argv):
+    del argv
+    import tensorflow as tf
+
+    from lbt_tf.search import runner
+
+    config = lbt_flags.build_config()
+    mode, hypergrad = MODES[flags.FLAGS.memory_mode]
+    config = config_lib.replace(config, **{"search.mode": mode, "search.hypergrad": hypergrad})
+    profile_dir = flags.FLAGS.profile_dir or os.path.join(config.run_dir, "step_memory")
+    with runner.fast_graph_compilation(), runner.make_strategy(config.search).scope():
+        model = runner.build_search_model(config)
+        model.set_phase("search")
+        train, _, _ = runner.make_search_input(config, mode, config.seed)
+        batches = iter(train)
+        model.make_train_function()
+        print("first step (trace and run) ...", flush=True)
+        float(model.train_function([next(batches)])["teacher_loss"])
+        print(f"profiling the second step into {profile_dir} ...", flush=True)
+        tf.profiler.experimental.start(
+            profile_dir, options=tf.profiler.experimental.ProfilerOptions(host_tracer_level=2))
+        try:
+            float(model.train_function([next(batches)])["teacher_loss"])
+        finally:
+            tf.profiler.experimental.stop()
+    report(memory_profile_of(profile_dir), flags.FLAGS.top)
+
+
+if __name__ == "__main__":
+    app.run(main)

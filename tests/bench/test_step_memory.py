@@ -1,0 +1,48 @@
+"""bench/step_memory.py reads TensorFlow's memory profile right: on a step whose peak is a
+late temporary while an early result waits, the live allocations at the peak are those two.
+Runs in a child process: the profiler's CPU memory events need TF_CPU_ALLOCATOR_USE_BFC=true
+before TensorFlow starts."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+BENCH = os.path.join(os.path.dirname(__file__), "..", "..", "bench", "step_memory.py")
+
+CHILD = textwrap.dedent("""
+    import importlib.util, json, sys
+    spec = importlib.util.spec_from_file_location("step_memory", sys.argv[1])
+    step_memory = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(step_memory)  # sets TF_CPU_ALLOCATOR_USE_BFC before TF loads
+    import tensorflow as tf
+
+    @tf.function
+    def step(x):
+        held = x * 2.0  # 32 MiB, made first, used last
+        with tf.control_dependencies([held]):
+            temporary = tf.tile(x, [4, 1])  # 128 MiB: the peak
+        return tf.reduce_sum(temporary) + tf.reduce_sum(held)
+
+    x = tf.ones((2048, 4096))
+    step(x)
+    tf.profiler.experimental.start(sys.argv[2])
+    step(x).numpy()
+    tf.profiler.experimental.stop()
+    profile = step_memory.memory_profile_of(sys.argv[2])
+    print("LIVE " + json.dumps([(op, size, at is None)
+                                for op, _, _, size, at in step_memory.live_at_peak(profile)[0][2]]))
+""")
+
+
+def test_live_allocations_at_the_peak(tmp_path):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    out = subprocess.run([sys.executable, "-c", CHILD, BENCH, str(tmp_path)], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    live = json.loads([l for l in out.stdout.splitlines() if l.startswith("LIVE ")][0][5:])
+    made_in_step = {(op, size) for op, size, before in live if not before}
+    assert ("mul", 32 * 2**20) in made_in_step, live
+    assert ("Tile", 128 * 2**20) in made_in_step, live
