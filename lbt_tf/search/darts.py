@@ -87,9 +87,13 @@ def darts_hypergradient(products: MixedProducts, problem, teacher_weights, arch,
             probs_seed = coeff * products.soft_product(problem, student_weights, u, probs,
                                                        batches.unlabeled)
     what_val = f"{what}: d [L_t^val + coeff . P] / d(T', A)"
-    if tape is None:
-        val_grads = recomputed_val_gradient(problem, new_teacher, arch, batches, probs_seed,
-                                            what_val)
+    if tape is None and probs_seed is None:
+        val_grads = problem.teacher_loss_gradient(new_teacher, arch, batches.teacher_val,
+                                                  what_val, weights_too=True)[1]
+    elif tape is None:
+        with lrn.after(probs_seed):  # P's forward needs no seed: it would start at once
+            val_grads = problem.recomputed_val_gradient(new_teacher, arch, batches.teacher_val,
+                                                        batches.unlabeled, probs_seed, what_val)
     else:
         targets, seeds = [teacher_val], [tf.ones_like(teacher_val)]
         if probs_seed is not None:
@@ -130,22 +134,3 @@ def darts_hypergradient(products: MixedProducts, problem, teacher_weights, arch,
     latency, lat_grads = problem.latency_gradient(arch, latency_weight)
     return problem.result(grads, teacher_grads, teacher_val, student_val, latency, lat_grads,
                           reuse)
-
-
-def recomputed_val_gradient(problem, new_teacher, arch, batches: Batches, probs_seed, what):
-    """d/d(T', A) [L_t^val + probs_seed . P] with each val pass's forward redone in its backward
-    (recompute_activations), one pass after the other: P's first (its seed is the step's
-    latest result), then L_t^val's, so that at most one pass's activations and the other's
-    gradient are alive. `tf.recompute_grad` around both passes starts the recomputation as soon
-    as its *first* output's gradient exists; L_t^val's is a constant, so the recomputed
-    activations (and a copy of T') waited through the student stages for P's gradient (paper
-    setting, memory profile: 2.6 GB of the 8.9 GB peak), and the two backwards then ran side by
-    side, one's whole gradient waiting for the other's activations (README)."""
-    probs_grads = None
-    if probs_seed is not None:
-        probs_grads = problem.teacher_probs_gradient(new_teacher, arch, batches.unlabeled,
-                                                     probs_seed, what)
-    with lrn.after(probs_grads):
-        _, val_grads = problem.teacher_loss_gradient(new_teacher, arch, batches.teacher_val, what,
-                                                     weights_too=True)
-    return val_grads if probs_grads is None else [a + b for a, b in zip(val_grads, probs_grads)]

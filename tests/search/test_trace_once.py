@@ -100,26 +100,54 @@ def _ancestors(op):
     return seen
 
 
-def test_recomputed_val_passes_run_after_the_soft_product_one_at_a_time():
-    """--recompute_activations (darts.recomputed_val_gradient): P's recomputed pass starts only
-    once its incoming gradient (the soft product) exists, and L_t^val's (like every other
-    teacher pass after it) only once P's gradient exists. With `tf.recompute_grad` around both,
-    the recomputation started at once (L_t^val's seed is a constant) and held both passes'
-    activations through the student stages (2.6 GB at the paper's setting)."""
+@pytest.mark.parametrize("trace_once", [False, True])
+def test_recomputed_val_passes_run_after_the_soft_product_one_at_a_time(trace_once):
+    """--recompute_activations (SearchProblem.recomputed_val_gradient): the recomputed passes
+    start only once P's incoming gradient (the soft product) exists, and L_t^val's forward only
+    once P's whole backward is done. With `tf.recompute_grad` around both, the recomputation
+    started at once (L_t^val's seed is a constant) and held both passes' activations through
+    the student stages (2.6 GB at the paper's setting)."""
     supernet, student, num_classes = models_under_test.build("stand_in")
     batches = _batches(num_classes, seed=2)
-    step = tf.function(lambda: _lbt_gradient((supernet, student), batches, "finite_difference",
-                                             True, recompute_activations=True)[1])
-    graph = step.get_concrete_function().graph
-    calls = [(op, op.get_attr("f").name) for op in graph.get_operations()
-             if op.type in ("PartitionedCall", "StatefulPartitionedCall")]
-    # The traced passes (Learner.traced): P's, and L_t^val's and FD's perturbed ones.
-    probs_pass = [op for op, name in calls if "probs_gradient" in name]
-    loss_passes = [op for op, name in calls if "loss_and_gradient" in name]
-    assert len(probs_pass) == 1 and len(loss_passes) == 3, [n for _, n in calls]  # val, FD's T +- eps v
+    problems = []
+
+    def hypergradient():
+        problem, grads = _lbt_gradient((supernet, student), batches, "finite_difference",
+                                       trace_once, recompute_activations=True)
+        problems.append(problem)
+        return grads
+
+    graph = tf.function(hypergradient).get_concrete_function().graph
     # finite_difference.py's soft product: the student's forward at S - eps u (its arch
     # product's scopes, made later, are fd_minus_1/...).
     soft_product = {op.name for op in graph.get_operations() if op.name.startswith("fd_minus/")}
-    assert soft_product & _ancestors(probs_pass[0])
-    for op in loss_passes:
-        assert probs_pass[0].name in _ancestors(op)
+    if trace_once:  # one function for both passes: its call waits for the soft product
+        calls = [op for op in graph.get_operations() if op.type.endswith("PartitionedCall")
+                 and "val_gradient" in op.get_attr("f").name]
+        assert len(calls) == 1 and soft_product & _ancestors(calls[0])
+        graph = problems[0].teacher.traced("val_gradient", None).get_concrete_function(
+            *[tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype), group)
+              for group in _val_gradient_arguments(calls[0], problems[0])]).graph
+    probs_pass = [op for op in graph.get_operations() if "probs_pass/" in op.name]
+    val_pass = [op for op in graph.get_operations() if "val_pass/" in op.name]
+    assert probs_pass and val_pass
+    ancestors = {op.name: _ancestors(op) for op in probs_pass + val_pass}
+    if not trace_once:
+        assert all(soft_product & ancestors[op.name] for op in probs_pass)
+    # P's gradient: what the val pass adds to its own; L_t^val's forward: the val pass's ops
+    # that wait for no other op of it (its first ones) must wait for all of P's gradient.
+    probs_gradient = {t.op.name for op in val_pass if op.type in ("Add", "AddV2")
+                      for t in op.inputs if "probs_pass/" in t.op.name}
+    val_names = {op.name for op in val_pass}
+    val_forward = [op for op in val_pass if not val_names & ancestors[op.name]]
+    assert len(probs_gradient) >= len(supernet.trainable_variables) and val_forward
+    for op in val_forward:
+        assert probs_gradient <= ancestors[op.name], op.name
+
+
+def _val_gradient_arguments(call, problem):
+    """The val_gradient call's inputs grouped as its Python arguments (weights, arch, val
+    images, val labels, D_u images, P's seed; then come the captured variables)."""
+    inputs = list(call.inputs)
+    num_t, num_a = len(problem.teacher.weight_names), len(problem.teacher.arch_names)
+    return [inputs[:num_t], inputs[num_t:num_t + num_a]] + inputs[num_t + num_a:][:4]
