@@ -217,31 +217,24 @@ class LBTSearch(keras.Model):
         teacher, student = self.teacher_learner, self.student_learner
         problem, cfg = self.problem, self.search_config
         reuse = reuse or lrn.StepGradients()
+        student_part = None
+        if student is not None:
+            student_part = self._student_weight_gradient(batches, reuse)
         t_loss, t_grads, t_stats = reuse.teacher_loss, reuse.teacher_grads, reuse.teacher_stats
         if t_grads is None:
             arch = arch_t if arch_t is not None else teacher.arch_values()
-            t_loss, t_grads, t_stats = problem.teacher_gradient(
-                teacher.weight_values(), arch, batches.teacher_train, "teacher weight step")
+            # After the student's passes: their activations (ResNet-50, ~3 GB at the paper's
+            # size) and the teacher's gradient (1 GB) and activations are not alive together;
+            # without an order the runtime overlapped them in some runs (lpt's peak tensors
+            # 5.4-7.1 GB over two runs of the same step, README).
+            with lrn.after(student_part), tf.name_scope("teacher_weight_step"):
+                t_loss, t_grads, t_stats = problem.teacher_gradient(
+                    teacher.weight_values(), arch, batches.teacher_train, "teacher weight step")
         losses_seen = [t_loss]
         updates_grads = [t_grads]
         stats = [t_stats]
         if student is not None:
-            s_weights = student.weight_values()
-            s_loss, s_grads, s_stats = reuse.student_loss, reuse.student_grads, reuse.student_stats
-            if s_grads is None:
-                s_loss, s_grads, s_stats = problem.student_gradient(s_weights,
-                                                                    batches.student_train)
-            probs, pl_loss, pl_grads = reuse.pseudo_probs, reuse.pseudo_loss, reuse.pseudo_grads
-            if probs is None:  # P(T, A) on D_u; BN statistics discarded
-                probs = problem.teacher_probs(teacher.weight_values(), teacher.arch_values(),
-                                              batches.unlabeled)
-            hard = cfg.pseudo_labels == "hard"
-            if pl_grads is None or hard:
-                pl_loss, pl_grads = problem.pseudo_label_gradient(
-                    s_weights, batches.unlabeled, tf.stop_gradient(probs), hard)
-            s_grads = lrn.checked_gradients(
-                lrn.add_scaled(s_grads, cfg.pseudo_label_weight, pl_grads),
-                student.weight_names, "student weight step")
+            s_loss, s_grads, s_stats, pl_loss = student_part
             losses_seen += [s_loss, pl_loss]
             updates_grads.append(s_grads)
             stats.append(s_stats)
@@ -267,6 +260,31 @@ class LBTSearch(keras.Model):
                 updates.append((None, new_stats, learner.non_trainable_variables))
         apply_if_finite(finite, updates)
         return finite
+
+    def _student_weight_gradient(self, batches, reuse):
+        """The student's real step's (loss, gradient incl. the pseudo-label term, statistics,
+        pseudo-label loss); `reuse` supplies what the arch step computed."""
+        student, problem, cfg = self.student_learner, self.problem, self.search_config
+        s_weights = student.weight_values()
+        s_loss, s_grads, s_stats = reuse.student_loss, reuse.student_grads, reuse.student_stats
+        if s_grads is None:
+            with tf.name_scope("student_pass"):
+                s_loss, s_grads, s_stats = problem.student_gradient(s_weights,
+                                                                    batches.student_train)
+        probs, pl_loss, pl_grads = reuse.pseudo_probs, reuse.pseudo_loss, reuse.pseudo_grads
+        if probs is None:  # P(T, A) on D_u; BN statistics discarded
+            teacher = self.teacher_learner
+            probs = problem.teacher_probs(teacher.weight_values(), teacher.arch_values(),
+                                          batches.unlabeled)
+        hard = cfg.pseudo_labels == "hard"
+        if pl_grads is None or hard:
+            # One student pass's activations alive at a time.
+            with lrn.after(s_grads), tf.name_scope("pseudo_label_pass"):
+                pl_loss, pl_grads = problem.pseudo_label_gradient(
+                    s_weights, batches.unlabeled, tf.stop_gradient(probs), hard)
+        s_grads = lrn.checked_gradients(lrn.add_scaled(s_grads, cfg.pseudo_label_weight, pl_grads),
+                                        student.weight_names, "student weight step")
+        return s_loss, s_grads, s_stats, pl_loss
 
     def train_step(self, data):
         self.trace_count += 1  # Python side effect: runs once per trace

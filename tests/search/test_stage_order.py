@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from lbt_tf.search import learner, unrolled
 from tests.search import models_under_test
-from tests.search.test_trace_once import _batches
+from tests.search.test_trace_once import _ancestors, _batches
 
 
 @pytest.fixture(scope="module")
@@ -62,3 +62,32 @@ def test_minus_copies_wait_for_the_plus_pass(float64):
     assert len(sequenced) == 2, sorted(op.name for op in minus_ops)[:20]
     # One control edge (a NoOp) per enclosing `after`, not one per weight tensor.
     assert max(len(op.control_inputs) for op in minus_ops) <= 4
+
+
+def test_real_weight_step_runs_one_pass_at_a_time():
+    """lpt's real weight step: the student's pseudo-label pass starts after its own training
+    pass's gradient, and the teacher's gradient after both (without an order the runtime
+    overlapped them in some runs: lpt's peak tensors at the paper's setting 5.4-7.1 GB)."""
+    model = models_under_test.stand_in_search_model("lpt")
+    model.set_phase("search")
+    data = next(iter(models_under_test.search_dataset(1)))
+    graph = tf.function(model.train_step).get_concrete_function(data).graph
+    ops = graph.get_operations()
+
+    def scope(name):
+        return [op for op in ops if f"{name}/" in op.name]
+
+    def first_ops(scope_ops):  # those that wait for no other op of their scope
+        names = {op.name for op in scope_ops}
+        return [op for op in scope_ops if not names & _ancestors(op)]
+
+    def filter_gradients(scope_ops):
+        return {op.name for op in scope_ops if op.type == "Conv2DBackpropFilter"}
+
+    student_pass, pseudo_label_pass = scope("student_pass"), scope("pseudo_label_pass")
+    teacher_step = scope("teacher_weight_step")
+    assert filter_gradients(student_pass) and filter_gradients(pseudo_label_pass)
+    for op in first_ops(pseudo_label_pass):
+        assert filter_gradients(student_pass) <= _ancestors(op), op.name
+    for op in first_ops(teacher_step):
+        assert filter_gradients(student_pass + pseudo_label_pass) <= _ancestors(op), op.name
