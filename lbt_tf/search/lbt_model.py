@@ -183,6 +183,11 @@ class LBTSearch(keras.Model):
             self.trackers["expected_latency_ms"].update_state(self.problem.latency_fn(arch))
         self.trackers["arch_entropy"].update_state(arch_entropy(arch))
         self._log_signals(grads, terms, finite, diagnose)
+        # The weight steps wait for the diagnostic terms as well: their tf.cond runs after the
+        # hypergradient, and the real teacher pass overlapped it (FD at the paper's setting:
+        # its first, diagnostic step peaked at 7.45 GB of tensors, the others at 6.55 GB).
+        with lrn.after(terms):
+            finite = tf.identity(finite)
         reuse = result.reuse
         if reuse is not None and not cfg.reuse_step_gradients:
             # Only what does not depend on A: the student's own data term.
