@@ -54,19 +54,20 @@ def darts_hypergradient(products: MixedProducts, problem, teacher_weights, arch,
     teacher_and_arch = new_teacher + list(arch)
     names = problem.teacher.weight_names + problem.teacher.arch_names
 
-    def val_passes():
-        if problem.student is None:
-            return problem.teacher_loss(new_teacher, arch, batches.teacher_val), None
-        return problem.teacher_val_and_probs(new_teacher, arch, batches.teacher_val,
-                                             batches.unlabeled)
-
-    tape = None
+    tape = teacher_val = probs = None
     if problem.recompute_activations:
-        teacher_val, probs = val_passes()  # values only: no tape, no activations kept
+        # Values only (no tape, no activations kept): P for the student stages; L_t^val comes
+        # with its recomputed pass below.
+        if problem.student is not None:
+            probs = problem.teacher_probs(new_teacher, arch, batches.unlabeled)
     else:
         with tf.GradientTape() as tape:
             tape.watch(teacher_and_arch)
-            teacher_val, probs = val_passes()
+            if problem.student is None:
+                teacher_val = problem.teacher_loss(new_teacher, arch, batches.teacher_val)
+            else:
+                teacher_val, probs = problem.teacher_val_and_probs(
+                    new_teacher, arch, batches.teacher_val, batches.unlabeled)
     # d/d(T', A) of [L_t^val + coeff . P] with coeff = -xi_s lambda d2 L_soft/dP dS . u gives
     # (v, grad_A L_t^val - xi_s lambda g_soft(A)).
     probs_seed = student_val = None
@@ -88,12 +89,12 @@ def darts_hypergradient(products: MixedProducts, problem, teacher_weights, arch,
                                                        batches.unlabeled)
     what_val = f"{what}: d [L_t^val + coeff . P] / d(T', A)"
     if tape is None and probs_seed is None:
-        val_grads = problem.teacher_loss_gradient(new_teacher, arch, batches.teacher_val,
-                                                  what_val, weights_too=True)[1]
+        teacher_val, val_grads = problem.teacher_loss_gradient(
+            new_teacher, arch, batches.teacher_val, what_val, weights_too=True)
     elif tape is None:
         with lrn.after(probs_seed):  # P's forward needs no seed: it would start at once
-            val_grads = problem.recomputed_val_gradient(new_teacher, arch, batches.teacher_val,
-                                                        batches.unlabeled, probs_seed, what_val)
+            teacher_val, val_grads = problem.recomputed_val_gradient(
+                new_teacher, arch, batches.teacher_val, batches.unlabeled, probs_seed, what_val)
     else:
         targets, seeds = [teacher_val], [tf.ones_like(teacher_val)]
         if probs_seed is not None:

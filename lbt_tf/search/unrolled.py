@@ -104,8 +104,8 @@ class SearchProblem:
         return loss, checked_gradients(grads, names, what)
 
     def recomputed_val_gradient(self, weights, arch, val_batch, images, probs_seed, what):
-        """d/d(T', A) [L(T', A; val_batch) + probs_seed . P(T', A; images)] (darts.py with
-        recompute_activations): each pass's forward redone with its backward, one pass after the
+        """(L(T', A; val_batch), d/d(T', A) [that + probs_seed . P(T', A; images)]) (darts.py
+        with recompute_activations): each pass's forward redone with its backward, one pass after the
         other, in one function (traced with trace_once): P's first, then L_t^val's, whose
         gradient is added to P's as it is made, so that one pass's activations, one gradient
         list and T' are alive, not two gradient lists (a called function's arguments and
@@ -127,11 +127,12 @@ class SearchProblem:
                     tape.watch(watched)
                     outputs, _ = self.teacher.forward(weights, arch, val_images, inline=True)
                     loss = lrn.teacher_seg_loss(outputs, val_labels, self.ignore_label)
-                return [g + p for g, p in zip(tape.gradient(loss, watched), probs_grads)]
+                return loss, [g + p for g, p in zip(tape.gradient(loss, watched), probs_grads)]
 
-        grads = self.teacher.traced("val_gradient", val_gradient)(
+        loss, grads = self.teacher.traced("val_gradient", val_gradient)(
             list(weights), list(arch), *val_batch, images, probs_seed)
-        return checked_gradients(grads, self.teacher.weight_names + self.teacher.arch_names, what)
+        return loss, checked_gradients(grads, self.teacher.weight_names + self.teacher.arch_names,
+                                       what)
 
     def student_gradient(self, weights, batch):
         """(L(S; batch), grad_S, new statistics); grads may hold None (checked once summed with

@@ -128,18 +128,22 @@ def test_recomputed_val_passes_run_after_the_soft_product_one_at_a_time(trace_on
         graph = problems[0].teacher.traced("val_gradient", None).get_concrete_function(
             *[tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype), group)
               for group in _val_gradient_arguments(calls[0], problems[0])]).graph
+        problem = problems[0]  # arguments: weights, arch, val images, ...; then captures
+        val_images = graph.inputs[len(problem.teacher.weight_names + problem.teacher.arch_names)]
+    else:
+        val_images = {id(outer): inner for outer, inner in graph.captures}[
+            id(batches.teacher_val[0])]
     probs_pass = [op for op in graph.get_operations() if "probs_pass/" in op.name]
     val_pass = [op for op in graph.get_operations() if "val_pass/" in op.name]
     assert probs_pass and val_pass
     ancestors = {op.name: _ancestors(op) for op in probs_pass + val_pass}
     if not trace_once:
         assert all(soft_product & ancestors[op.name] for op in probs_pass)
-    # P's gradient: what the val pass adds to its own; L_t^val's forward: the val pass's ops
-    # that wait for no other op of it (its first ones) must wait for all of P's gradient.
+    # P's gradient: what the val pass adds to its own; L_t^val's forward (its ops that read the
+    # val images) must wait for all of it.
     probs_gradient = {t.op.name for op in val_pass if op.type in ("Add", "AddV2")
                       for t in op.inputs if "probs_pass/" in t.op.name}
-    val_names = {op.name for op in val_pass}
-    val_forward = [op for op in val_pass if not val_names & ancestors[op.name]]
+    val_forward = [op for op in val_images.consumers() if "val_pass/" in op.name]
     assert len(probs_gradient) >= len(supernet.trainable_variables) and val_forward
     for op in val_forward:
         assert probs_gradient <= ancestors[op.name], op.name
