@@ -87,7 +87,8 @@ class SearchProblem:
         its backward computes no gradient it does not return (the traced forward's backward
         computes every input's: 1 GB and the filter-gradient convolutions at the paper's size,
         then dropped) and frees each activation once used. Used by FD's 2-4 perturbed passes
-        (grad_A) and darts.py's recomputed val pass (grad_(T', A)); not by lpt's single val
+        (grad_A) and darts.py's recomputed val pass without a student (grad_(T', A)); not by
+        lpt's single val
         pass, where the extra function's graph cost more memory than it saved (demo config at
         F=12, trace_once: lpt peak 3.9 GB with it, 3.5 GB without)."""
         def loss_and_gradient(weights, arch, images, labels):
@@ -105,10 +106,10 @@ class SearchProblem:
 
     def recomputed_val_gradient(self, weights, arch, val_batch, images, probs_seed, what):
         """(L(T', A; val_batch), d/d(T', A) [that + probs_seed . P(T', A; images)]) (darts.py
-        with recompute_activations): each pass's forward redone with its backward, one pass after the
-        other, in one function (traced with trace_once): P's first, then L_t^val's, whose
-        gradient is added to P's as it is made, so that one pass's activations, one gradient
-        list and T' are alive, not two gradient lists (a called function's arguments and
+        with recompute_activations): each pass's forward redone with its backward, one pass
+        after the other, in one function (traced with trace_once): P's first, then L_t^val's,
+        whose gradient is added to P's as it is made, so that one pass's activations, one
+        gradient list and T' are alive, not two gradient lists (a called function's arguments and
         results are whole lists, alive until it returns or their consumer runs).
         `tf.recompute_grad` around both passes started the recomputation as soon as its *first*
         output's gradient existed; L_t^val's is a constant, so the recomputed activations (and
