@@ -43,7 +43,7 @@ BIG_BYTES = 50e6  # groups of tensors this large are told apart by shape
 
 
 def live_at_peak(memory_profile):
-    """[(allocator, peak bytes, [(op, region, shape, bytes, seconds into the profile)])] of
+    """[(allocator, peak bytes, [(op, region, shape, bytes, seconds into the profile, count)])] of
     TensorFlow's memory_profile tool data (its JSON): every allocation alive at the peak."""
     result = []
     for allocator, profile in memory_profile["memoryProfilePerAllocator"].items():
@@ -57,9 +57,9 @@ def live_at_peak(memory_profile):
                 seconds = int(snapshots[index]["timeOffsetPs"]) / 1e12
             else:  # memory held before the profile started (variables, earlier tensors)
                 meta, seconds = special[int(active["specialIndex"])], None
-            size = int(meta["allocationBytes"]) * int(active.get("numOccurrences", 1))
-            rows.append((meta["tfOpName"], meta["regionType"], meta["tensorShape"], size,
-                         seconds))
+            count = int(active.get("numOccurrences", 1))
+            rows.append((meta["tfOpName"], meta["regionType"], meta["tensorShape"],
+                         int(meta["allocationBytes"]) * count, seconds, count))
         peak = int(profile["profileSummary"]["peakStats"]["peakBytesInUse"])
         result.append((allocator, peak, rows))
     return result
@@ -68,23 +68,25 @@ def live_at_peak(memory_profile):
 def group_by_op(rows):
     """{(op without numeric suffix, region, shape if big): (bytes, count)}, largest first."""
     groups = collections.defaultdict(lambda: [0, 0])
-    for op, region, shape, size, _ in rows:
+    for op, region, shape, size, _, count in rows:
         key = (re.sub(r"_\d+$", "", op), region, shape if size > BIG_BYTES else "")
         groups[key][0] += size
-        groups[key][1] += 1
+        groups[key][1] += count
     return dict(sorted(groups.items(), key=lambda item: -item[1][0]))
 
 
 def group_by_second(rows):
     """{whole seconds into the profile (None: before it): bytes} of the live allocations."""
     seconds = collections.Counter()
-    for _, _, _, size, at in rows:
+    for _, _, _, size, at, _ in rows:
         seconds[None if at is None else int(at)] += size
     return dict(sorted(seconds.items(), key=lambda item: -1 if item[0] is None else item[0]))
 
 
 def memory_profile_of(profile_dir):
     """The memory_profile tool's data of the newest trace under `profile_dir`."""
+    # TensorFlow's own converter of a trace into the Profile tab's tool data (what TensorBoard's
+    # profile plugin calls); TF exports no public name for it.
     from tensorflow.python.profiler.internal import _pywrap_profiler_plugin as converter
 
     traces = sorted(glob.glob(os.path.join(profile_dir, "**", "*.xplane.pb"), recursive=True),

@@ -33,7 +33,8 @@ CHILD = textwrap.dedent("""
     tf.profiler.experimental.stop()
     profile = step_memory.memory_profile_of(sys.argv[2])
     print("LIVE " + json.dumps([(op, size, at is None)
-                                for op, _, _, size, at in step_memory.live_at_peak(profile)[0][2]]))
+                                for op, _, _, size, at, _ in
+                                step_memory.live_at_peak(profile)[0][2]]))
 """)
 
 
