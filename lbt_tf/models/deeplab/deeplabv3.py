@@ -13,6 +13,7 @@ from typing import Optional, Sequence, Tuple
 import keras
 from keras import layers, ops
 
+from lbt_tf.models.deeplab.atrous import AtrousConv2D
 from lbt_tf.models.deeplab.resnet import BN_MOMENTUM, kaiming_fan_out, resnet_backbone
 from lbt_tf.ops.resize import resize_bilinear
 
@@ -73,7 +74,7 @@ class BroadcastSpatial(layers.Layer):
 
 
 def _head_conv_bn_relu(x, filters, kernel_size, name, dilation=1):
-    x = layers.Conv2D(filters, kernel_size, padding="same", dilation_rate=dilation,
+    x = AtrousConv2D(filters, kernel_size, padding="same", dilation_rate=dilation,
                       use_bias=False, kernel_initializer=kaiming_fan_out(),
                       name=f"{name}_conv")(x)
     x = layers.BatchNormalization(epsilon=HEAD_BN_EPSILON, momentum=BN_MOMENTUM,

@@ -14,6 +14,8 @@ from typing import Sequence
 import keras
 from keras import layers
 
+from lbt_tf.models.deeplab.atrous import AtrousConv2D
+
 # keras.applications.ResNet50's BatchNorm epsilon; kept so its weights give identical features.
 BACKBONE_BN_EPSILON = 1.001e-5
 BN_MOMENTUM = 0.9  # torchvision's momentum=0.1 in Keras' convention
@@ -29,7 +31,7 @@ def kaiming_fan_out():
 def conv_bn(x, filters, kernel_size, name, strides=1, dilation=1, relu=True,
             epsilon=BACKBONE_BN_EPSILON):
     """Conv (no bias) -> BatchNorm -> optional ReLU; names `<name>_conv`, `<name>_bn`."""
-    x = layers.Conv2D(filters, kernel_size, strides=strides, dilation_rate=dilation,
+    x = AtrousConv2D(filters, kernel_size, strides=strides, dilation_rate=dilation,
                       padding="same" if kernel_size > 1 else "valid", use_bias=False,
                       kernel_initializer=kaiming_fan_out(), name=f"{name}_conv")(x)
     x = layers.BatchNormalization(epsilon=epsilon, momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
