@@ -24,7 +24,9 @@ CHILD = textwrap.dedent("""
         held = x * 2.0  # 32 MiB, made first, used last
         with tf.control_dependencies([held]):
             temporary = tf.tile(x, [4, 1])  # 128 MiB: the peak
-        return tf.reduce_sum(temporary) + tf.reduce_sum(held)
+        total = tf.reduce_sum(temporary)
+        with tf.control_dependencies([total]):  # held stays alive through the peak
+            return total + tf.reduce_sum(held)
 
     x = tf.ones((2048, 4096))
     step(x)
