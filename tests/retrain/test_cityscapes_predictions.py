@@ -1,6 +1,7 @@
 """`--mode=predict --prediction_format=cityscapes` (issue 15, item 6): label-id PNGs named for
 the official scorer; cityscapesscripts' evalPixelLevelSemanticLabeling on them gives the mIoU our
---mode=evaluate gives on the same network and val split (to 1e-6)."""
+our mIoU gives on the same PNGs (to 1e-6), and --mode=evaluate's on the same network and val
+split (to 2e-3: it runs the Keras network, not the SavedModel)."""
 from __future__ import annotations
 
 import glob
@@ -13,6 +14,8 @@ from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as score
 from PIL import Image
 
 from lbt_tf import config as config_lib
+from lbt_tf.data import labels
+from lbt_tf.metrics import StreamingMeanIoU
 from lbt_tf.retrain import evaluate, export, network as network_lib, predict
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "data"))
@@ -71,6 +74,23 @@ def test_official_scorer_agrees_with_evaluate(tiny_config, tmp_path):
                                          27, 28, 31, 32, 33}
 
     official = _official_miou(out_dir, root)
-    ours = evaluate.run_evaluate(config)["miou"]
     assert 0.0 < official < 1.0
-    assert official == pytest.approx(ours, abs=1e-6)
+    # The scorers on the same predictions (the PNGs): equal.
+    assert official == pytest.approx(_our_miou(out_dir, root), abs=1e-6)
+    # --mode=evaluate runs the Keras network, predict the SavedModel: on an untrained network
+    # some pixels are near-ties whose argmax rounding can flip between the two (seen once in
+    # `make test` under load: 0.010482 vs 0.010437), so these agree to a tolerance only.
+    assert official == pytest.approx(evaluate.run_evaluate(config)["miou"], abs=2e-3)
+
+
+def _our_miou(predictions_dir, root):
+    """lbt_tf's StreamingMeanIoU over the label-id PNGs, both maps taken to train ids."""
+    to_train = labels.raw_to_train_id()
+    metric = StreamingMeanIoU(labels.NUM_TRAIN_CLASSES, 255)
+    for path in sorted(glob.glob(os.path.join(root, "gtFine", "val", "*",
+                                              "*_gtFine_labelIds.png"))):
+        name = os.path.basename(path).replace("gtFine_labelIds", "leftImg8bit_labelIds")
+        truth = to_train[np.asarray(Image.open(path))]
+        predicted = to_train[np.asarray(Image.open(os.path.join(predictions_dir, name)))]
+        metric.update_state(truth[None], predicted[None])
+    return float(metric.result())
