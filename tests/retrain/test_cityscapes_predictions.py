@@ -1,6 +1,6 @@
 """`--mode=predict --prediction_format=cityscapes` (issue 15, item 6): label-id PNGs named for
-the official scorer; cityscapesscripts' evalPixelLevelSemanticLabeling on them gives the mIoU our
-our mIoU gives on the same PNGs (to 1e-6), and --mode=evaluate's on the same network and val
+the official scorer; cityscapesscripts' evalPixelLevelSemanticLabeling on them gives the mIoU
+our metric gives on the same PNGs (to 1e-6), and --mode=evaluate's on the same network and val
 split (to 2e-3: it runs the Keras network, not the SavedModel)."""
 from __future__ import annotations
 
