@@ -147,10 +147,8 @@ class SearchConfig:
     # Each model's forward traced once per step (Learner); None: on for lbt finite_difference
     # (its 5 teacher and 5 student passes; demo: 3.3 vs 6.0 GB), off otherwise (README).
     trace_once: Optional[bool] = None
-    # lbt finite_difference / hvp: the val passes at T' (L_t^val and P) keep no activations,
-    # each one's backward redoes its forward, one pass after the other
-    # (darts.recomputed_val_gradient). None: on for those two. Not for exact: measured, its
-    # peak is in the virtual steps' second-order graphs (README).
+    # lbt: the val passes at T' (L_t^val and P) keep no activations, each one's backward redoes
+    # its forward, one pass after the other (darts.recomputed_val_gradient). None: on for lbt.
     recompute_activations: Optional[bool] = None
     mixed_precision: str = "float32"      # names.SEARCH_PRECISIONS: the models' dtype policy
 
@@ -340,11 +338,9 @@ def validate(config: Config) -> Config:
                           f"one of {', '.join(PREDICTION_FORMATS)}")
     for flag, value, bounds in _ranges(config):
         check_range(flag, value, bounds)
-    if s.recompute_activations and (s.mode != "lbt" or s.hypergrad == "exact"):
-        raise ConfigError("--recompute_activations applies to --search_mode=lbt with "
-                          "--hypergrad=finite_difference or hvp (exact: its memory peak is in "
-                          "the second-order graphs of the virtual steps, which recomputing the val "
-                          f"passes does not cover); got --search_mode={s.mode} --hypergrad={s.hypergrad}")
+    if s.recompute_activations and s.mode != "lbt":
+        raise ConfigError("--recompute_activations applies to --search_mode=lbt (the val passes "
+                          f"at T'); got --search_mode={s.mode}")
     if s.latency_target_max_ms and s.latency_target_max_ms < s.latency_target_min_ms:
         raise ConfigError(f"--latency_target_max_ms={s.latency_target_max_ms} is below "
                           f"--latency_target_min_ms={s.latency_target_min_ms}")

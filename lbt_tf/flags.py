@@ -165,11 +165,10 @@ FLAG_TABLE = {
                    "instead of once per pass: smaller graph, faster first step. Default: "
                    "on for --search_mode=lbt --hypergrad=finite_difference only."),
     "recompute_activations": ("search", "recompute_activations",
-                              "lbt finite_difference/hvp: the val passes at T' keep no "
-                              "activations, each one's backward redoes its forward, one pass "
-                              "after the other (fewer tensors, one more pair of teacher "
-                              "forwards: README). Default: "
-                              "on for those two."),
+                              "lbt: the val passes at T' keep no activations, each one's "
+                              "backward redoes its forward, one pass after the other (fewer "
+                              "tensors, one more pair of teacher forwards: README). Default: "
+                              "on for --search_mode=lbt."),
     "mixed_precision": ("search", "mixed_precision",
                         "float32 | mixed_bfloat16: the student computes in bfloat16 (float32 "
                         "variables, losses, hypergradient; the supernet stays float32)."),

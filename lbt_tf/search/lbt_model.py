@@ -350,11 +350,11 @@ def resolve_trace_once(cfg, mode) -> bool:
 
 
 def resolve_recompute_activations(cfg, mode) -> bool:
-    """`search.recompute_activations`, where None means: on for lbt's DARTS forms
-    (finite_difference, hvp), the only ones it applies to (config.validate)."""
+    """`search.recompute_activations`, where None means: on for lbt, the only mode it applies
+    to (config.validate)."""
     if cfg.recompute_activations is not None:
         return cfg.recompute_activations
-    return mode == "lbt" and cfg.hypergrad != "exact"
+    return mode == "lbt"
 
 
 def arch_entropy(arch):

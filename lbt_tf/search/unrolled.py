@@ -2,13 +2,14 @@
     (1) T' = T - xi_t grad_T L(T, A; D_t^tr)                                 virtual_teacher_step
     (2) S' = S - xi_s grad_S [L(S; D_s^tr) + lambda L_soft(S; P(T', A; D_u))] virtual_student_step
     (3) F(A) = L(T', A; D_t^val) + w_sv L(S'; D_s^val) + lambda_lat Lat(A)     unrolled_objective
-        A <- A - eta grad_A F                           exact_hypergradient, update_architecture
+        A <- A - eta grad_A F                         unrolled_hypergradient, update_architecture
 
 xi: the weight optimizers' current learning rates; lambda = pseudo_label_weight; w_sv =
 student_val_weight; P: the teacher's soft pseudo-labels. fasterseg/lpt: first order (T' = T,
-S' = S: the student term vanishes, its val loss is only logged); lbt: exact (nested tapes) or
-DARTS' form (darts.py) with exact forward-over-reverse products (hvp.py) or central differences
-(finite_difference.py). A None gradient raises HypergradientError, never becomes zero. `terms`
+S' = S: the student term vanishes, its val loss is only logged); lbt: DARTS' form (darts.py), its
+two second-order products by nested tapes (nested_tapes.py: exact), forward-over-reverse (hvp.py:
+exact) or central differences (finite_difference.py); `unrolled_hypergradient`, nested tapes
+around all of (1)-(3), is the definition they are tested against. A None gradient raises HypergradientError, never becomes zero. `terms`
 splits grad_A F into teacher val / student val / latency (own tape); the val split costs one more
 backward, so it is done only where `diagnose` is true."""
 from __future__ import annotations
@@ -24,6 +25,7 @@ from lbt_tf.config import SearchConfig
 from lbt_tf.search import learner as lrn
 from lbt_tf.search.finite_difference import finite_difference_hypergradient
 from lbt_tf.search.hvp import hvp_hypergradient
+from lbt_tf.search.nested_tapes import exact_hypergradient
 from lbt_tf.search.learner import ArchGradient, Batches, Learner, StepGradients, checked_gradients
 from lbt_tf.search.updates import all_finite, apply_if_finite, replica_mean
 
@@ -207,9 +209,12 @@ class SearchProblem:
         result = self.result([], None, teacher_val, student_val, latency, [])
         return result.objective, result.parts
 
-    def exact_hypergradient(self, teacher_weights, arch, student_weights, xi_t, xi_s,
-                            latency_weight, batches: Batches, diagnose=None):
-        """grad_A F through both virtual steps (nested tapes, every second-order term)."""
+    def unrolled_hypergradient(self, teacher_weights, arch, student_weights, xi_t, xi_s,
+                               latency_weight, batches: Batches, diagnose=None):
+        """grad_A F through both virtual steps by the definition: nested tapes around all of
+        (1)-(3), every second-order term. The reference the search's methods are tested against
+        (all are darts.py's form); not used by the search itself: its one outer tape keeps
+        every pass of the step for one backward (13.4 GB of tensors at the paper's setting)."""
         with tf.GradientTape() as outer:
             outer.watch(arch)
             teacher_val, student_val, reuse = self.val_terms(teacher_weights, arch,
@@ -281,7 +286,7 @@ class SearchProblem:
                                              latency_weight, batches)
         if mode not in names.SEARCH_MODES or hypergrad not in names.HYPERGRADS:
             raise ValueError(f"unknown search mode {mode!r} or hypergrad {hypergrad!r}")
-        method = {"exact": self.exact_hypergradient,
+        method = {"exact": functools.partial(exact_hypergradient, self),
                   "hvp": functools.partial(hvp_hypergradient, self),
                   "finite_difference": functools.partial(finite_difference_hypergradient, self)}
         return method[hypergrad](teacher_weights, arch, student_weights, xi_t, xi_s,

@@ -28,7 +28,7 @@ def demo():
         problem, batches, xi_t, xi_s = demo_problem(seed=0)
         weights = (problem.teacher.weight_values(), problem.teacher.arch_values(),
                    problem.student.weight_values(), xi_t, xi_s, 0.0, batches)
-        exact = problem.exact_hypergradient(*weights).grads
+        exact = problem.unrolled_hypergradient(*weights).grads
         yield problem, weights, exact
 
 

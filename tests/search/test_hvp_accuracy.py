@@ -29,7 +29,7 @@ def demo():
 
 def test_hvp_matches_exact_at_demo_config_in_float32_with_relu(demo):
     problem, weights = demo
-    exact = problem.exact_hypergradient(*weights).grads
+    exact = problem.unrolled_hypergradient(*weights).grads
     hvp = problem.arch_gradient("lbt", "hvp", *weights).grads
     assert all(g.dtype == tf.float32 for g in hvp)
     result = agreement(problem, hvp, exact)
@@ -53,7 +53,7 @@ def test_hvp_under_xla_with_a_bfloat16_student_matches_exact():
     batches = _batches(3, dtype=tf.float32)
     args = (problem.teacher.weight_values(), problem.teacher.arch_values(),
             problem.student.weight_values())
-    exact = problem.exact_hypergradient(*args, 0.02, 0.02, 0.0, batches).grads
+    exact = problem.unrolled_hypergradient(*args, 0.02, 0.02, 0.0, batches).grads
     xla = tf.function(lambda t, a, s: problem.arch_gradient("lbt", "hvp", t, a, s, 0.02, 0.02,
                                                             0.0, batches).grads,
                       jit_compile=True)
@@ -97,7 +97,7 @@ def test_hvp_equals_exact_in_float64(float64, which, with_student):
     student_weights = problem.student.weight_values() if with_student else None
     args = (problem.teacher.weight_values(), problem.teacher.arch_values(), student_weights,
             0.02, 0.02, 0.0, _batches(num_classes))
-    exact = problem.exact_hypergradient(*args).grads
+    exact = problem.unrolled_hypergradient(*args).grads
     hvp = problem.arch_gradient("lbt", "hvp", *args).grads
     a, e = (np.concatenate([g.numpy().ravel() for g in grads]) for grads in (hvp, exact))
     assert a.dtype == np.float64 and np.linalg.norm(e) > 0

@@ -146,9 +146,9 @@ def test_student_term_matches_finite_difference(smooth, which):
     teacher_w, student_w = problem.teacher.weight_values(), problem.student.weight_values()
     arch = problem.teacher.arch_values()
     args = (teacher_w, arch, student_w, XI_T, XI_S, LATENCY_WEIGHT, batches)
-    with_student = problem.exact_hypergradient(*args).grads
+    with_student = problem.unrolled_hypergradient(*args).grads
     problem.student_val_weight = 0.0
-    without = problem.exact_hypergradient(*args).grads
+    without = problem.unrolled_hypergradient(*args).grads
     problem.student_val_weight = 1.0
     student_grads = [a - b for a, b in zip(with_student, without)]
     direction = [tf.constant(np.random.default_rng(2).normal(size=a.shape), tf.float64)
@@ -176,7 +176,7 @@ def test_lbt_without_student_and_latency_equals_darts_second_order(float64, whic
     batches = _batches(num_classes)
     weights = problem.teacher.weight_values()
     arch = problem.teacher.arch_values()
-    grads = problem.exact_hypergradient(weights, arch, problem.student.weight_values(),
+    grads = problem.unrolled_hypergradient(weights, arch, problem.student.weight_values(),
                                         XI_T, XI_S, 0.0, batches).grads
     # DARTS (Liu et al. 2019, eq. 7) written independently:
     # grad_A L_val(w', A) - xi * d/dA [ grad_w L_train(w, A) . grad_w' L_val(w', A) ]

@@ -49,7 +49,7 @@ def _batches(rng, batch=2, height=64, width=128, classes=19):
 
 
 def _hypergradient(problem):
-    return problem.exact_hypergradient(
+    return problem.unrolled_hypergradient(
         problem.teacher.weight_values(), problem.teacher.arch_values(),
         problem.student.weight_values(), 0.01, 0.01, 0.0,
         _batches(np.random.default_rng(0))).grads
