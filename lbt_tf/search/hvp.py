@@ -38,8 +38,10 @@ class ForwardOverReverse:
             with tf.GradientTape() as tape:
                 tape.watch(probs)
                 loss = darts.soft_loss(problem, student_weights, images, probs)
-            grad = checked_gradients([tape.gradient(loss, probs)], ["P"], "HVP: grad_P L_soft")
-        return checked_gradients([acc.jvp(grad[0])], ["P"], "HVP: d/dS grad_P L_soft . u")[0]
+            grad = checked_gradients([tape.gradient(loss, probs)], ["P"],
+                                     f"{self.what}: grad_P L_soft")
+        return checked_gradients([acc.jvp(grad[0])], ["P"],
+                                 f"{self.what}: d/dS grad_P L_soft . u")[0]
 
 
 def hvp_hypergradient(problem, *args, **kwargs):

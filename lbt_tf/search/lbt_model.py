@@ -341,12 +341,14 @@ class LBTSearch(keras.Model):
 
 
 def resolve_trace_once(cfg, mode) -> bool:
-    """`search.trace_once`, where None means: on for lbt with finite differences (many
-    first-order passes of each model: the graph shrinks by half), off for the others (exact and
-    hvp build extra variants of the traced function; lpt/fasterseg make few passes)."""
+    """`search.trace_once`, where None means: on for lbt with exact or finite-difference
+    products (many first-order passes of each model: the graph shrinks by half; exact's
+    second-order arch product traced once for its two calls), off for the others (hvp's
+    forward mode builds extra variants of the traced function; lpt/fasterseg make few
+    passes)."""
     if cfg.trace_once is not None:
         return cfg.trace_once
-    return mode == "lbt" and cfg.hypergrad == "finite_difference"
+    return mode == "lbt" and cfg.hypergrad != "hvp"
 
 
 def resolve_recompute_activations(cfg, mode) -> bool:

@@ -47,8 +47,8 @@ class SearchProblem:
     # darts.py's val passes at T' keep no activations: each one's backward redoes its forward.
     recompute_activations: bool = False
 
-    def teacher_loss(self, weights, arch, batch):
-        outputs, _ = self.teacher.forward(weights, arch, batch[0])
+    def teacher_loss(self, weights, arch, batch, inline=False):
+        outputs, _ = self.teacher.forward(weights, arch, batch[0], inline=inline)
         return lrn.teacher_seg_loss(outputs, batch[1], self.ignore_label)
 
     def teacher_probs(self, weights, arch, images):

@@ -87,16 +87,25 @@ def _dot(grads, direction):
     return float(tf.add_n([tf.reduce_sum(g * d) for g, d in zip(grads, direction)]))
 
 
+# "unrolled": SearchProblem.unrolled_hypergradient, the definition (nested tapes around all of
+# (1)-(3)); the search's methods are darts.py's form, exact with recompute_activations (their
+# default) and without.
 @pytest.mark.parametrize("which", models_under_test.MODELS)
-@pytest.mark.parametrize("hypergrad,tolerance", [("exact", 1e-5), ("finite_difference", 1e-2)])
+@pytest.mark.parametrize("hypergrad,recompute,tolerance", [
+    ("unrolled", False, 1e-5), ("exact", True, 1e-5), ("exact", False, 1e-5),
+    ("finite_difference", True, 1e-2)])
 def test_lbt_gradient_matches_finite_difference_of_unrolled_objective(smooth, which, hypergrad,
-                                                                      tolerance):
+                                                                      recompute, tolerance):
     problem, num_classes = _problem(which=which)
+    problem.recompute_activations = recompute
     batches = _batches(num_classes)
     arch = problem.teacher.arch_values()
-    grads = problem.arch_gradient(
-        "lbt", hypergrad, problem.teacher.weight_values(), arch,
-        problem.student.weight_values(), XI_T, XI_S, LATENCY_WEIGHT, batches).grads
+    args = (problem.teacher.weight_values(), arch, problem.student.weight_values(), XI_T, XI_S,
+            LATENCY_WEIGHT, batches)
+    if hypergrad == "unrolled":
+        grads = problem.unrolled_hypergradient(*args).grads
+    else:
+        grads = problem.arch_gradient("lbt", hypergrad, *args).grads
     rng = np.random.default_rng(1)
     for trial in range(2):
         direction = [tf.constant(rng.normal(size=a.shape), tf.float64) for a in arch]
@@ -136,7 +145,8 @@ def test_shared_cell_functions_give_the_same_hypergradient_and_statistics(float6
 
 
 @pytest.mark.parametrize("which", models_under_test.MODELS)
-def test_student_term_matches_finite_difference(smooth, which):
+@pytest.mark.parametrize("hypergrad", ["unrolled", "exact"])
+def test_student_term_matches_finite_difference(smooth, which, hypergrad):
     """The student's part of the gradient alone, w_sv d L(S'(A); D_s^val) / dA (exact gradient
     with minus without the student term), against central differences of that part: guards the
     path A -> P(T', A) -> soft CE -> S' -> student val loss, which the full check above could
@@ -146,9 +156,15 @@ def test_student_term_matches_finite_difference(smooth, which):
     teacher_w, student_w = problem.teacher.weight_values(), problem.student.weight_values()
     arch = problem.teacher.arch_values()
     args = (teacher_w, arch, student_w, XI_T, XI_S, LATENCY_WEIGHT, batches)
-    with_student = problem.unrolled_hypergradient(*args).grads
+
+    def hypergradient():
+        if hypergrad == "unrolled":
+            return problem.unrolled_hypergradient(*args).grads
+        return problem.arch_gradient("lbt", hypergrad, *args).grads
+
+    with_student = hypergradient()
     problem.student_val_weight = 0.0
-    without = problem.unrolled_hypergradient(*args).grads
+    without = hypergradient()
     problem.student_val_weight = 1.0
     student_grads = [a - b for a, b in zip(with_student, without)]
     direction = [tf.constant(np.random.default_rng(2).normal(size=a.shape), tf.float64)
@@ -164,7 +180,7 @@ def test_student_term_matches_finite_difference(smooth, which):
     expected = (plus - minus) / (2 * step)
     got = _dot(student_grads, direction)
     relative_error = abs(got - expected) / abs(expected)
-    print(f"{which}/student term: got {got:.10g} expected {expected:.10g} "
+    print(f"{which}/{hypergrad} student term: got {got:.10g} expected {expected:.10g} "
           f"relative error {relative_error:.3g}")
     assert abs(expected) > 1e-10, "the student's val loss does not depend on A"
     assert relative_error <= 1e-4, (got, expected)

@@ -56,16 +56,16 @@ def test_trace_once_gives_the_same_hypergradient(float64, hypergrad):
 
 
 @pytest.mark.parametrize("mode,hypergrad,flag,expected", [
-    ("lbt", "finite_difference", None, True), ("lbt", "exact", None, False),
-    ("lpt", "finite_difference", None, False), ("lbt", "finite_difference", False, False),
-    ("lpt", "exact", True, True)])
-def test_trace_once_default_is_on_for_finite_differences_only(mode, hypergrad, flag, expected):
+    ("lbt", "finite_difference", None, True), ("lbt", "exact", None, True),
+    ("lbt", "hvp", None, False), ("lpt", "finite_difference", None, False),
+    ("lbt", "finite_difference", False, False), ("lpt", "exact", True, True)])
+def test_trace_once_default_is_on_for_lbt_but_hvp(mode, hypergrad, flag, expected):
     model = models_under_test.stand_in_search_model(mode, hypergrad, trace_once=flag)
     assert model.teacher_learner.trace_once is expected
     assert model.student_learner.trace_once is expected
 
 
-@pytest.mark.parametrize("hypergrad", ["finite_difference", "hvp"])
+@pytest.mark.parametrize("hypergrad", names.HYPERGRADS)
 @pytest.mark.parametrize("trace_once", [False, True])
 def test_recomputed_val_passes_give_the_same_hypergradient(float64, hypergrad, trace_once):
     """--recompute_activations: darts.py's val passes at T' through tf.recompute_grad (their
@@ -81,8 +81,8 @@ def test_recomputed_val_passes_give_the_same_hypergradient(float64, hypergrad, t
 
 @pytest.mark.parametrize("mode,hypergrad,flag,expected", [
     ("lbt", "finite_difference", None, True), ("lbt", "hvp", None, True),
-    ("lbt", "exact", None, False), ("lpt", "exact", None, False),
-    ("lbt", "finite_difference", False, False)])
+    ("lbt", "exact", None, True), ("lpt", "exact", None, False),
+    ("lbt", "finite_difference", False, False), ("lbt", "exact", False, False)])
 def test_recompute_activations_default(mode, hypergrad, flag, expected):
     model = models_under_test.stand_in_search_model(mode, hypergrad, recompute_activations=flag)
     assert model.problem.recompute_activations is expected
