@@ -9,9 +9,10 @@ student_val_weight; P: the teacher's soft pseudo-labels. fasterseg/lpt: first or
 S' = S: the student term vanishes, its val loss is only logged); lbt: DARTS' form (darts.py), its
 two second-order products by nested tapes (nested_tapes.py: exact), forward-over-reverse (hvp.py:
 exact) or central differences (finite_difference.py); `unrolled_hypergradient`, nested tapes
-around all of (1)-(3), is the definition they are tested against. A None gradient raises HypergradientError, never becomes zero. `terms`
-splits grad_A F into teacher val / student val / latency (own tape); the val split costs one more
-backward, so it is done only where `diagnose` is true."""
+around all of (1)-(3), is the definition they are tested against. A None gradient raises
+HypergradientError, never becomes zero. `terms` splits grad_A F into teacher val / student val /
+latency (own tape); the val split costs one more backward, so it is done only where `diagnose`
+is true."""
 from __future__ import annotations
 
 import dataclasses
