@@ -144,8 +144,9 @@ class SearchConfig:
     checkpoint_every_steps: int = 100
     distribute: bool = False              # MirroredStrategy over the available devices
     jit_compile: bool = False             # XLA-compile the search step (GPU)
-    # Each model's forward traced once per step (Learner); None: on for lbt finite_difference
-    # (its 5 teacher and 5 student passes; demo: 3.3 vs 6.0 GB), off otherwise (README).
+    # Each model's forward traced once per step (Learner); None: on for lbt exact and
+    # finite_difference (their 5 teacher and 5 student passes; FD at the demo: 3.3 vs 6.0 GB),
+    # off otherwise (lbt_model.resolve_trace_once, README).
     trace_once: Optional[bool] = None
     # lbt: the val passes at T' (L_t^val and P) keep no activations, each one's backward redoes
     # its forward, one pass after the other (darts.recomputed_val_gradient). None: on for lbt.

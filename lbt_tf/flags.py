@@ -163,7 +163,7 @@ FLAG_TABLE = {
     "trace_once": ("search", "trace_once",
                    "Trace each model's forward once per step (one tf.function, not inlined) "
                    "instead of once per pass: smaller graph, faster first step. Default: "
-                   "on for --search_mode=lbt --hypergrad=finite_difference only."),
+                   "on for --search_mode=lbt with --hypergrad=exact or finite_difference."),
     "recompute_activations": ("search", "recompute_activations",
                               "lbt: the val passes at T' keep no activations, each one's "
                               "backward redoes its forward, one pass after the other (fewer "
