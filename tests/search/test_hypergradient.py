@@ -253,3 +253,21 @@ def test_gradient_terms_split_the_hypergradient(float64, hypergrad):
         assert float(tf.reduce_max(tf.abs(student))) > 0 and float(tf.reduce_max(
             tf.abs(latency))) > 0
     assert all(float(tf.reduce_max(tf.abs(t))) == 0 for t in quiet.terms["teacher_val"])
+
+
+def test_exact_equals_the_definition_with_sampled_widths(float64):
+    """With Gumbel width sampling on (the search's training passes; the tests above fix the
+    widths), darts.py's separate passes draw the same noise as the definition's single tape (the
+    seed is a non-trainable value, the same for every pass of a step): the exact hypergradient
+    equals unrolled_hypergradient."""
+    problem, num_classes = _problem()
+    problem.teacher.model.sample_widths = True
+    problem.recompute_activations = True
+    batches = _batches(num_classes)
+    args = (problem.teacher.weight_values(), problem.teacher.arch_values(),
+            problem.student.weight_values(), XI_T, XI_S, LATENCY_WEIGHT, batches)
+    exact = problem.arch_gradient("lbt", "exact", *args).grads
+    definition = problem.unrolled_hypergradient(*args).grads
+    assert any(np.abs(g.numpy()).max() > 0 for g in definition)
+    for got, expected in zip(exact, definition):
+        np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-7, atol=1e-12)
