@@ -4,11 +4,11 @@ through a first-order backward pass and returns the directional derivative of it
     arch_product: d/deps grad_A L(T + eps v, A; D_t^tr) at eps = 0 = d2 L/dA dT . v
     soft_product: d/deps grad_P L_soft(S + eps u; P) at eps = 0   = d2 L_soft/dP dS . u
 exact to rounding (no eps, no kinks counted: the same values as nested_tapes.py's and
-unrolled.py's nested tapes). The cost is in the graph: TF 2.21 computes forward mode per op, each op's jvp a
-small traced function (the double-backward trick), so tracing and the graph grow with the op
-count (demo config: the step peaks at 8.4 GB RSS and 2.9x lpt's step time, exact at 5.9 GB;
-README). `tf.recompute_grad` raises under the accumulator (it cannot transpose its gradient).
-A None jvp (no path, or an op without a forward-mode rule) is an error, never a zero.
+unrolled.py's nested tapes). The cost is in the graph: TF 2.21 computes forward mode per op, each
+op's jvp a small traced function (the double-backward trick), so tracing and the graph grow with
+the op count (demo config: the step peaks at 8.4 GB RSS and 2.9x lpt's step time, the whole-step
+nested tapes at 5.9 GB; README). `tf.recompute_grad` raises under the accumulator (it cannot
+transpose its gradient). A None jvp (no path, or an op without a forward-mode rule) is an error, never a zero.
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ alive at a time, the rest of the step first-order):
 The same values as `SearchProblem.unrolled_hypergradient`, the nested tapes around all of
 (1)-(3) (tests/search/test_hypergradient.py checks both against central differences of F), whose
 one outer tape keeps every pass of the step for one backward (13.4 GB of tensors at the paper's
-setting; README, "The exact hypergradient at the paper's setting").
+setting; README, "Tenth session: the exact hypergradient in DARTS' form").
 """
 from __future__ import annotations
 

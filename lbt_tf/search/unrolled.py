@@ -26,8 +26,8 @@ from lbt_tf.config import SearchConfig
 from lbt_tf.search import learner as lrn
 from lbt_tf.search.finite_difference import finite_difference_hypergradient
 from lbt_tf.search.hvp import hvp_hypergradient
-from lbt_tf.search.nested_tapes import exact_hypergradient
 from lbt_tf.search.learner import ArchGradient, Batches, Learner, StepGradients, checked_gradients
+from lbt_tf.search.nested_tapes import exact_hypergradient
 from lbt_tf.search.updates import all_finite, apply_if_finite, replica_mean
 
 

@@ -83,13 +83,19 @@ def _directional_fd(problem, arch, direction, batches, step=FD_STEP):
     return (objective(1.0) - objective(-1.0)) / (2 * step)
 
 
+def _hypergradient(problem, hypergrad, args):
+    """grad_A F by `hypergrad`, or by the definition for "unrolled" (nested tapes around all of
+    (1)-(3)); the search's methods are darts.py's form."""
+    if hypergrad == "unrolled":
+        return problem.unrolled_hypergradient(*args).grads
+    return problem.arch_gradient("lbt", hypergrad, *args).grads
+
+
 def _dot(grads, direction):
     return float(tf.add_n([tf.reduce_sum(g * d) for g, d in zip(grads, direction)]))
 
 
-# "unrolled": SearchProblem.unrolled_hypergradient, the definition (nested tapes around all of
-# (1)-(3)); the search's methods are darts.py's form, exact with recompute_activations (their
-# default) and without.
+# exact with recompute_activations (the search's default) and without.
 @pytest.mark.parametrize("which", models_under_test.MODELS)
 @pytest.mark.parametrize("hypergrad,recompute,tolerance", [
     ("unrolled", False, 1e-5), ("exact", True, 1e-5), ("exact", False, 1e-5),
@@ -102,10 +108,7 @@ def test_lbt_gradient_matches_finite_difference_of_unrolled_objective(smooth, wh
     arch = problem.teacher.arch_values()
     args = (problem.teacher.weight_values(), arch, problem.student.weight_values(), XI_T, XI_S,
             LATENCY_WEIGHT, batches)
-    if hypergrad == "unrolled":
-        grads = problem.unrolled_hypergradient(*args).grads
-    else:
-        grads = problem.arch_gradient("lbt", hypergrad, *args).grads
+    grads = _hypergradient(problem, hypergrad, args)
     rng = np.random.default_rng(1)
     for trial in range(2):
         direction = [tf.constant(rng.normal(size=a.shape), tf.float64) for a in arch]
@@ -156,15 +159,9 @@ def test_student_term_matches_finite_difference(smooth, which, hypergrad):
     teacher_w, student_w = problem.teacher.weight_values(), problem.student.weight_values()
     arch = problem.teacher.arch_values()
     args = (teacher_w, arch, student_w, XI_T, XI_S, LATENCY_WEIGHT, batches)
-
-    def hypergradient():
-        if hypergrad == "unrolled":
-            return problem.unrolled_hypergradient(*args).grads
-        return problem.arch_gradient("lbt", hypergrad, *args).grads
-
-    with_student = hypergradient()
+    with_student = _hypergradient(problem, hypergrad, args)
     problem.student_val_weight = 0.0
-    without = hypergradient()
+    without = _hypergradient(problem, hypergrad, args)
     problem.student_val_weight = 1.0
     student_grads = [a - b for a, b in zip(with_student, without)]
     direction = [tf.constant(np.random.default_rng(2).normal(size=a.shape), tf.float64)
