@@ -8,7 +8,8 @@ unrolled.py's nested tapes). The cost is in the graph: TF 2.21 computes forward 
 op's jvp a small traced function (the double-backward trick), so tracing and the graph grow with
 the op count (demo config: the step peaks at 8.4 GB RSS and 2.9x lpt's step time, the whole-step
 nested tapes at 5.9 GB; README). `tf.recompute_grad` raises under the accumulator (it cannot
-transpose its gradient). A None jvp (no path, or an op without a forward-mode rule) is an error, never a zero.
+transpose its gradient). A None jvp (no path, or an op without a forward-mode rule) is an error,
+never a zero.
 """
 from __future__ import annotations
 
