@@ -18,8 +18,8 @@ EVAL_SPLITS = ("val", "test", "train") + SEARCH_SOURCES[:4]
 SEARCH_MODES = ("fasterseg", "lpt", "lbt")
 FIRST_ORDER_MODES = ("fasterseg", "lpt")     # T' = T, S' = S: no unrolling
 # How lbt computes the two mixed second-derivative products of DARTS' form (search/darts.py):
-# nested tapes (exact), forward-over-reverse Hessian-vector products (exact as well) or central
-# differences.
+# reverse-over-reverse (exact), forward-over-reverse Hessian-vector products (exact as well) or
+# central differences.
 HYPERGRADS = ("exact", "hvp", "finite_difference")
 # How the search's end picks each cell's op (--arch_selection, search/selection.py): the largest
 # alpha, or the op whose one-hot alpha row gives the supernet's lowest val loss.

@@ -1,5 +1,5 @@
 """lbt: grad_A F of unrolled.py's (3) in DARTS' form, with its two mixed second-derivative products
-supplied by a `MixedProducts` method (nested_tapes.py: exact, the default; hvp.py:
+supplied by a `MixedProducts` method (reverse_over_reverse.py: exact, the default; hvp.py:
 forward-over-reverse, exact; finite_difference.py: central differences). The chain rule through
 (1) and (2) gives, with u = w_sv grad_{S'} L(S'; D_s^val) and P = P(T', A; D_u):
     g_soft(theta) = d/dtheta [grad_S L_soft(S; P(theta)) . u],  theta = (T', A)   soft_product

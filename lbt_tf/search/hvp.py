@@ -3,7 +3,7 @@ a `tf.autodiff.ForwardAccumulator` pushes the direction (v through T, u through 
 through a first-order backward pass and returns the directional derivative of its gradient,
     arch_product: d/deps grad_A L(T + eps v, A; D_t^tr) at eps = 0 = d2 L/dA dT . v
     soft_product: d/deps grad_P L_soft(S + eps u; P) at eps = 0   = d2 L_soft/dP dS . u
-exact to rounding (no eps, no kinks counted: the same values as nested_tapes.py's and
+exact to rounding (no eps, no kinks counted: the same values as reverse_over_reverse.py's and
 unrolled.py's nested tapes). The cost is in the graph: TF 2.21 computes forward mode per op, each
 op's jvp a small traced function (the double-backward trick), so tracing and the graph grow with
 the op count (demo config: the step peaks at 8.4 GB RSS and 2.9x lpt's step time, the whole-step

@@ -7,12 +7,12 @@
 xi: the weight optimizers' current learning rates; lambda = pseudo_label_weight; w_sv =
 student_val_weight; P: the teacher's soft pseudo-labels. fasterseg/lpt: first order (T' = T,
 S' = S: the student term vanishes, its val loss is only logged); lbt: DARTS' form (darts.py), its
-two second-order products by nested tapes (nested_tapes.py: exact), forward-over-reverse (hvp.py:
-exact) or central differences (finite_difference.py); `unrolled_hypergradient`, nested tapes
-around all of (1)-(3), is the definition they are tested against. A None gradient raises
-HypergradientError, never becomes zero. `terms` splits grad_A F into teacher val / student val /
-latency (own tape); the val split costs one more backward, so it is done only where `diagnose`
-is true."""
+two second-order products by reverse-over-reverse (reverse_over_reverse.py: exact),
+forward-over-reverse (hvp.py: exact) or central differences (finite_difference.py);
+`unrolled_hypergradient`, nested tapes around all of (1)-(3), is the definition they are tested
+against. A None gradient raises HypergradientError, never becomes zero. `terms` splits grad_A F
+into teacher val / student val / latency (own tape); the val split costs one more backward, so
+it is done only where `diagnose` is true."""
 from __future__ import annotations
 
 import dataclasses
@@ -27,7 +27,7 @@ from lbt_tf.search import learner as lrn
 from lbt_tf.search.finite_difference import finite_difference_hypergradient
 from lbt_tf.search.hvp import hvp_hypergradient
 from lbt_tf.search.learner import ArchGradient, Batches, Learner, StepGradients, checked_gradients
-from lbt_tf.search.nested_tapes import exact_hypergradient
+from lbt_tf.search.reverse_over_reverse import exact_hypergradient
 from lbt_tf.search.updates import all_finite, apply_if_finite, replica_mean
 
 

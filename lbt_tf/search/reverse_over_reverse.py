@@ -22,7 +22,7 @@ from lbt_tf.search import darts, hvp
 from lbt_tf.search.learner import checked_gradients
 
 
-class NestedTapes:
+class ReverseOverReverse:
     what = "exact"
 
     def arch_product(self, problem, teacher_weights, arch, v, batch):
@@ -56,5 +56,5 @@ class NestedTapes:
 
 
 def exact_hypergradient(problem, *args, **kwargs):
-    """darts.darts_hypergradient with NestedTapes' products (arguments as there)."""
-    return darts.darts_hypergradient(NestedTapes(), problem, *args, **kwargs)
+    """darts.darts_hypergradient with ReverseOverReverse's products (arguments as there)."""
+    return darts.darts_hypergradient(ReverseOverReverse(), problem, *args, **kwargs)
