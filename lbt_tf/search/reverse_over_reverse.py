@@ -22,33 +22,43 @@ from lbt_tf.search import darts, hvp
 from lbt_tf.search.learner import checked_gradients
 
 
+GRAD_T = "exact: grad_T L_t^tr"
+
+
+def nested_tapes_product(problem, weights, arch, v, batch):
+    """h_A(v) by nested tapes, the form used eagerly (traced, it makes the graph that
+    `symbolic_product` avoids)."""
+    with tf.GradientTape() as outer:
+        outer.watch(arch)
+        with tf.GradientTape() as inner:
+            inner.watch(weights)
+            loss = problem.teacher_loss(weights, arch, batch, inline=True)
+        grads = checked_gradients(inner.gradient(loss, weights), problem.teacher.weight_names,
+                                  GRAD_T)
+    return outer.gradient(grads, arch, output_gradients=v)
+
+
+def symbolic_product(problem, weights, arch, v, batch):
+    """h_A(v) by `tf.gradients` (graph only). Not nested tapes there: under two tapes every
+    supernet cell call (a tf.function) takes TF's higher-order tape path, whose backward takes a
+    gradient for each of the forward's side outputs, zeros where there is none: at the paper's
+    setting ~4.9k zero tensors (2.8 GB) and a 3x larger graph. tf.gradients rewrites each call
+    with only the side outputs it uses (same values; 224x448: RSS -2.9 GB, first call
+    73 -> 50 s; README, "Eleventh session")."""
+    loss = problem.teacher_loss(weights, arch, batch, inline=True)
+    grads = checked_gradients(tf.gradients(loss, weights), problem.teacher.weight_names, GRAD_T)
+    return tf.gradients(grads, arch, grad_ys=v)
+
+
 class ReverseOverReverse:
     what = "exact"
 
     def arch_product(self, problem, teacher_weights, arch, v, batch):
         def product(weights, arch, v, images, labels):
-            what = "exact: grad_T L_t^tr"
-            if tf.executing_eagerly():  # tf.gradients needs a graph; eager, nested tapes
-                with tf.GradientTape() as outer:
-                    outer.watch(arch)
-                    with tf.GradientTape() as inner:
-                        inner.watch(weights)
-                        loss = problem.teacher_loss(weights, arch, (images, labels), inline=True)
-                    grads = checked_gradients(inner.gradient(loss, weights),
-                                              problem.teacher.weight_names, what)
-                return outer.gradient(grads, arch, output_gradients=v)
-            # In a graph, symbolic gradients (`tf.gradients`), not nested tapes: under two tapes
-            # every supernet cell call (a tf.function) takes TF's higher-order tape path, whose
-            # backward takes a gradient for each of the forward's side outputs, zeros where
-            # there is none: at the paper's setting ~4.9k zero tensors (2.8 GB) and a 3x larger
-            # graph. tf.gradients rewrites each call with only the side outputs it uses (same
-            # values; 224x448: RSS -2.9 GB, first call 73 -> 50 s; README).
-            loss = problem.teacher_loss(weights, arch, (images, labels), inline=True)
-            grads = checked_gradients(tf.gradients(loss, weights),
-                                      problem.teacher.weight_names, what)
-            return tf.gradients(grads, arch, grad_ys=v)
+            form = nested_tapes_product if tf.executing_eagerly() else symbolic_product
+            return form(problem, weights, arch, v, (images, labels))
 
-        product = problem.teacher.traced("nested_arch_product", product)
+        product = problem.teacher.traced("arch_product", product)
         return checked_gradients(product(list(teacher_weights), list(arch), list(v), *batch),
                                  problem.teacher.arch_names, "exact: d/dA grad_T L_t^tr . v")
 

@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from lbt_tf.search import learner, unrolled
-from lbt_tf.search.reverse_over_reverse import ReverseOverReverse
+from lbt_tf.search.reverse_over_reverse import ReverseOverReverse, nested_tapes_product
 from tests.search import models_under_test
 
 
@@ -38,13 +38,7 @@ def test_arch_product_makes_no_zero_cotangent_per_side_output():
         return ReverseOverReverse().arch_product(problem, weights, arch, v, batch)
 
     def nested_tapes(weights, arch, v):  # what the product must not be traced as
-        with tf.GradientTape() as outer:
-            outer.watch(arch)
-            with tf.GradientTape() as inner:
-                inner.watch(weights)
-                loss = problem.teacher_loss(weights, arch, batch, inline=True)
-            grads = inner.gradient(loss, weights)
-        return outer.gradient(grads, arch, output_gradients=v)
+        return nested_tapes_product(problem, weights, arch, v, batch)
 
     graphs = {name: tf.function(fn, autograph=False).get_concrete_function(
         weights, arch, v).graph for name, fn in (("shipped", shipped),
