@@ -32,6 +32,7 @@ from absl import logging
 
 from lbt_tf import names
 from lbt_tf.metrics import StreamingMeanIoU
+from lbt_tf.search import call_shapes
 from lbt_tf.search import learner as lrn
 from lbt_tf.search import unrolled
 from lbt_tf.search.updates import all_finite, apply_if_finite, norm_finite, replica_mean
@@ -292,6 +293,12 @@ class LBTSearch(keras.Model):
         return s_loss, s_grads, s_stats, pl_loss
 
     def train_step(self, data):
+        # Traced with call ops that skip shape inference into their callees (call_shapes.py:
+        # the same graph, a faster trace).
+        with call_shapes.skipped():
+            return self._search_step(data)
+
+    def _search_step(self, data):
         self.trace_count += 1  # Python side effect: runs once per trace
         self.traces_since_build += 1
         if self.traces_since_build > tf.distribute.get_strategy().num_replicas_in_sync:
