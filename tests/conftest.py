@@ -2,7 +2,13 @@
 import contextlib
 import os
 
-import keras
+# TensorFlow keeps CPU allocator statistics (tf.config.experimental.get_memory_info, used by
+# memory tests) with oneDNN, which it turns on by default only on CPUs with AVX-512-class
+# features, or with its BFC allocator: set before TensorFlow starts, so that those tests run on
+# every x86 CPU.
+os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
+
+import keras  # noqa: E402
 import pytest
 
 

@@ -62,3 +62,20 @@ def test_skipped_nests_and_restores():
     after = make_step(False).get_concrete_function(*specs).graph
     assert all(skips(op) for op in call_ops(inside))
     assert call_ops(after) and not any(skips(op) for op in call_ops(after))
+
+
+def test_a_callee_with_unknown_output_shapes_keeps_the_inference():
+    @tf.function(autograph=False, experimental_attributes={"_noinline": True},
+                 input_signature=[tf.TensorSpec((None, 4))])
+    def rows(x):
+        return x * 2.0
+
+    @tf.function(autograph=False)
+    def step(x):
+        with call_shapes.skipped():
+            return rows(x)
+
+    graph = step.get_concrete_function(tf.TensorSpec((3, 4))).graph
+    (op,) = call_ops(graph)
+    assert not skips(op)
+    assert op.outputs[0].shape.as_list() == [3, 4]  # the inference's, finer than (None, 4)
