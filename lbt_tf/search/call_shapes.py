@@ -6,7 +6,7 @@ at each call site (shape_refiner.cc caches the callee's graph, not its inference
 step calls the supernet's cell functions, their gradient functions and the traced products at
 hundreds of sites, nested up to four deep, so a large part of its trace was this inference
 (paper setting, exact: 47% of a 40-s sample of its trace in creating call ops; trace
-138 -> 106 s with this; README, "Twelfth session"). Python sets every call's output shapes from
+101 -> 78-85 s with this; README, "Twelfth session"). Python sets every call's output shapes from
 the callee's signature right after (`AtomicFunction.call_flat`): where those are fully known,
 the trace uses nothing the inference finds. The refiner skips a call op whose node carries
 `_disable_call_shape_inference=true`; TF sets that attribute only on its TF1 `Defun` calls, so
