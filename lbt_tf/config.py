@@ -98,6 +98,7 @@ class StudentConfig:
 class SearchConfig:
     mode: str = "lbt"                     # fasterseg | lpt | lbt
     hypergrad: str = "exact"              # names.HYPERGRADS: exact | hvp | finite_difference
+    arch_product: str = "whole"           # names.ARCH_PRODUCTS: exact's teacher product
     epochs: int = 30
     warmup_epochs: int = 20
     steps_per_epoch: Optional[int] = None  # None: one pass over D_t^tr
@@ -305,6 +306,7 @@ def validate(config: Config) -> Config:
     s = config.search
     for flag, value, allowed in (("search_mode", s.mode, names.SEARCH_MODES),
                                  ("hypergrad", s.hypergrad, names.HYPERGRADS),
+                                 ("arch_product", s.arch_product, names.ARCH_PRODUCTS),
                                  ("arch_selection", s.arch_selection, names.ARCH_SELECTIONS),
                                  ("pseudo_labels", s.pseudo_labels, names.PSEUDO_LABELS),
                                  ("latency_target_of", s.latency_target_of,

@@ -21,6 +21,10 @@ FIRST_ORDER_MODES = ("fasterseg", "lpt")     # T' = T, S' = S: no unrolling
 # reverse-over-reverse (exact), forward-over-reverse Hessian-vector products (exact as well) or
 # central differences.
 HYPERGRADS = ("exact", "hvp", "finite_difference")
+# How exact computes its teacher product d2 L/dA dT . v (search/reverse_over_reverse.py): over the
+# whole training pass at once, or one stage of the supernet at a time (search/layerwise.py:
+# recomputed, only stage boundaries kept between stages).
+ARCH_PRODUCTS = ("whole", "layerwise")
 # How the search's end picks each cell's op (--arch_selection, search/selection.py): the largest
 # alpha, or the op whose one-hot alpha row gives the supernet's lowest val loss.
 ARCH_SELECTIONS = ("argmax", "perturbation")

@@ -78,7 +78,8 @@ class LBTSearch(keras.Model):
             finite_difference_scale=cfg.finite_difference_scale,
             student_aux_weight=cfg.student_aux_weight,
             keep_step_gradients=cfg.reuse_step_gradients and cfg.keep_step_gradients,
-            recompute_activations=resolve_recompute_activations(cfg, self.mode))
+            recompute_activations=resolve_recompute_activations(cfg, self.mode),
+            arch_product=cfg.arch_product)
         self.teacher_optimizer = keras.optimizers.SGD(
             cfg.teacher_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay or None,
             name="teacher_sgd")

@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 from typing import Dict, List, NamedTuple, Optional, Protocol, Sequence, runtime_checkable
 
+import keras
 import tensorflow as tf
 
 from lbt_tf import names
@@ -32,6 +33,12 @@ class SearchableSupernet(Protocol):
     def set_latency_table(self, table) -> None: ...
 
     def expected_latency(self, arch_values=None) -> tf.Tensor: ...
+
+    def arch_inputs(self, width_mode=None):
+        """The arch variables' values as the stages take them (softmax rows, width weights)."""
+
+    def stages(self) -> list:
+        """The forward as a chain of `x = stage(x, arch_inputs, training)`, images to outputs."""
 
 
 def checked_gradients(grads, variable_names: Sequence[str], what: str):
@@ -148,6 +155,15 @@ class Learner:
                                             experimental_attributes={"_noinline": True})
         return self._traced[key]
 
+    def stateless_scope(self, weights, arch, non_trainable=None):
+        """Context: the model's variables read as these values (what `stateless_call` does
+        around `call`), for running parts of the model (its `stages`)."""
+        if non_trainable is None:
+            non_trainable = self.non_trainable_values()
+        mapping = (list(zip(self.weight_variables, weights)) + list(zip(self.arch_variables, arch))
+                   + list(zip(self.non_trainable_variables, non_trainable)))
+        return keras.StatelessScope(state_mapping=mapping)
+
     def _stateless_forward(self, weights, arch, x, training, non_trainable):
         values = [None] * (len(self.weight_positions) + len(self.arch_positions))
         for pos, value in zip(self.weight_positions, weights):
@@ -155,6 +171,7 @@ class Learner:
         for pos, value in zip(self.arch_positions, arch):
             values[pos] = value
         return self.model.stateless_call(values, non_trainable, x, training=training)
+
 
 
 def teacher_seg_loss(outputs, labels, ignore_label):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from lbt_tf.search import darts, hvp
+from lbt_tf.search import darts, hvp, layerwise
 from lbt_tf.search.learner import checked_gradients
 
 
@@ -55,7 +55,12 @@ class ReverseOverReverse:
 
     def arch_product(self, problem, teacher_weights, arch, v, batch):
         def product(weights, arch, v, images, labels):
-            form = nested_tapes_product if tf.executing_eagerly() else symbolic_product
+            if tf.executing_eagerly():
+                form = nested_tapes_product
+            elif problem.arch_product == "layerwise":
+                form = layerwise.layerwise_product
+            else:
+                form = symbolic_product
             return form(problem, weights, arch, v, (images, labels))
 
         product = problem.teacher.traced("arch_product", product)

@@ -47,6 +47,7 @@ class SearchProblem:
     keep_step_gradients: bool = True
     # darts.py's val passes at T' keep no activations: each one's backward redoes its forward.
     recompute_activations: bool = False
+    arch_product: str = "whole"             # names.ARCH_PRODUCTS (exact's teacher product)
 
     def teacher_loss(self, weights, arch, batch, inline=False):
         outputs, _ = self.teacher.forward(weights, arch, batch[0], inline=inline)

@@ -40,12 +40,29 @@ class TinySupernet(keras.Model):
         ids = {id(v) for v in self.arch_variables}
         return [v for v in self.trainable_variables if id(v) not in ids]
 
+    def arch_inputs(self, width_mode=None):
+        del width_mode
+        return {"alpha": tf.nn.softmax(tf.convert_to_tensor(self.alpha.value)),
+                "beta": tf.nn.softmax(tf.convert_to_tensor(self.beta.value))}
+
+    def stages(self):
+        return [self._stem_stage, self._mixed_stage, self._head_stage]
+
     def call(self, x, training=False):
-        h = tf.nn.relu(self.stem_bn(self.stem(x), training=training))
-        h = self.down(h)
-        w = tf.nn.softmax(tf.convert_to_tensor(self.alpha))
-        mixed = w[0] * tf.nn.relu(self.op_a(h)) + w[1] * tf.nn.tanh(self.op_b(h))
-        b = tf.nn.softmax(tf.convert_to_tensor(self.beta))
+        arch_inputs = self.arch_inputs()
+        for stage in self.stages():
+            x = stage(x, arch_inputs, training)
+        return x
+
+    def _stem_stage(self, x, arch_inputs, training):
+        return self.down(tf.nn.relu(self.stem_bn(self.stem(x), training=training)))
+
+    def _mixed_stage(self, h, arch_inputs, training):
+        w = arch_inputs["alpha"]
+        return w[0] * tf.nn.relu(self.op_a(h)) + w[1] * tf.nn.tanh(self.op_b(h))
+
+    def _head_stage(self, mixed, arch_inputs, training):
+        b = arch_inputs["beta"]
         return [b[0] * self.head_a(mixed) + 1.0, b[1] * self.head_b(mixed * mixed)]
 
     def expected_latency(self, arch_values=None):

@@ -26,6 +26,7 @@ Differences to FasterSeg, on purpose:
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import keras
@@ -145,37 +146,63 @@ class FasterSegSupernet(keras.Model):
         return weights
 
     # ------------------------------------------------------------------ forward
-    def call(self, images, training=None, width_mode=None):
+    def arch_inputs(self, width_mode=None):
+        """The arch values as the cells take them: softmax rows of alpha and beta, per feature
+        map width weights (Gumbel-sampled in training passes unless `width_mode`); read from the
+        arch variables (in a stateless call: their mapped values)."""
         arch = self.arch_values_dict([v.value if hasattr(v, "value") else v
                                       for v in self.arch_variables])
-        L, F = self.layers_count, self.base_width
         # Rows (and beta's two entries) unstacked once: indexing would add a slice per use.
         alphas = [tf.unstack(tf.nn.softmax(arch[f"alpha_{s}"], axis=-1)) for s in range(3)]
         betas = [None] + [[tf.unstack(row) for row in tf.unstack(tf.nn.softmax(arch[f"beta_{s}"]))]
                           for s in (1, 2)]
         gammas = {k: v for k, v in arch.items() if k.startswith("gamma")}
-        widths = self._width_weights(gammas, width_mode)
-        one = tf.ones([1], images.dtype)
+        return {"alpha": alphas, "beta": betas, "width": self._width_weights(gammas, width_mode)}
 
+    def stages(self):
+        """The forward as a chain, `x = stage(x, arch_inputs, training)` from the images to the
+        output list: the stem, the cells of layers 0 .. L-2 (x: the next layer's inputs per
+        scale), the last layer with the heads. `call` runs it; the exact mode's teacher product
+        runs it one stage at a time (layerwise.py)."""
+        return ([self._stem_stage]
+                + [functools.partial(self._cells_stage, i) for i in range(self.layers_count - 1)]
+                + [self._head_stage])
+
+    def call(self, images, training=None, width_mode=None):
+        x, arch_inputs = images, self.arch_inputs(width_mode)
+        for stage in self.stages():
+            x = stage(x, arch_inputs, training)
+        return x
+
+    def _stem_stage(self, images, arch_inputs, training):
+        del arch_inputs
         x = images
         for layer in self.stem:
             x = layer(x, training=training)
-        pad = num_filters(F, 8) - int(x.shape[-1])
-        inputs = {0: tf.pad(x, [[0, 0], [0, 0], [0, 0], [0, pad]]) if pad > 0 else x}
-        for i in range(L):
-            keep_out, down_out = {}, {}
-            for j in cell_scales(i):
-                alpha = alphas[j][i - j]
-                keep_width = one if i == L - 1 else widths.get((i, j), one)
-                keep_out[j] = self.keep_ops[(i, j)](inputs[j], alpha, keep_width, training=training)
-                if (i, j) in self.down_ops:
-                    down_out[j + 1] = self.down_ops[(i, j)](
-                        inputs[j], alpha, widths.get((i, j + 1), one), training=training)
-            if i == L - 1:
-                break
-            inputs = next_cell_inputs(keep_out, down_out, betas, i)
+        pad = num_filters(self.base_width, 8) - int(x.shape[-1])
+        return {0: tf.pad(x, [[0, 0], [0, 0], [0, 0], [0, pad]]) if pad > 0 else x}
 
-        c8, c16, c32 = (num_filters(F, s, self.head_ratio) for s in (8, 16, 32))
+    def _cells(self, i, inputs, arch_inputs, training):
+        """Layer i's keep and down outputs, per scale."""
+        alphas, widths = arch_inputs["alpha"], arch_inputs["width"]
+        one = tf.ones([1], inputs[0].dtype)
+        keep_out, down_out = {}, {}
+        for j in cell_scales(i):
+            alpha = alphas[j][i - j]
+            keep_width = one if i == self.layers_count - 1 else widths.get((i, j), one)
+            keep_out[j] = self.keep_ops[(i, j)](inputs[j], alpha, keep_width, training=training)
+            if (i, j) in self.down_ops:
+                down_out[j + 1] = self.down_ops[(i, j)](
+                    inputs[j], alpha, widths.get((i, j + 1), one), training=training)
+        return keep_out, down_out
+
+    def _cells_stage(self, i, inputs, arch_inputs, training):
+        keep_out, down_out = self._cells(i, inputs, arch_inputs, training)
+        return next_cell_inputs(keep_out, down_out, arch_inputs["beta"], i)
+
+    def _head_stage(self, inputs, arch_inputs, training):
+        keep_out, _ = self._cells(self.layers_count - 1, inputs, arch_inputs, training)
+        c8, c16, c32 = (num_filters(self.base_width, s, self.head_ratio) for s in (8, 16, 32))
         out0, out1, out2 = keep_out[0][..., :c8], keep_out[1][..., :c16], keep_out[2][..., :c32]
         size8, size16 = out0.shape[1:3], out1.shape[1:3]
         up = lambda t, size: resize_bilinear(t, size, align_corners=True)

@@ -1,0 +1,52 @@
+"""The exact teacher product one supernet stage at a time (search/layerwise.py) gives the
+whole-pass product's values: float64, in a graph (the only place it runs), on the real tiny
+supernet (stem, layers, heads; Gumbel-sampled widths and fixed ones) and on the stand-in."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from lbt_tf.search import layerwise, learner, unrolled
+from lbt_tf.search.reverse_over_reverse import symbolic_product
+from tests.search import models_under_test
+
+
+@pytest.fixture(scope="module")
+def float64(keras_float64_module):
+    yield
+
+
+def _case(which, sample_widths, seed=0):
+    supernet, _, num_classes = models_under_test.build(which, cell_tracing="shared")
+    supernet.sample_widths = sample_widths
+    problem = unrolled.SearchProblem(
+        teacher=learner.Learner(supernet, supernet.arch_variables), student=None,
+        ignore_label=255)
+    rng = np.random.default_rng(seed)
+    h, w = models_under_test.HEIGHT, models_under_test.WIDTH
+    labels = rng.integers(0, num_classes, size=(2, h, w)).astype(np.int32)
+    labels[:, :3] = 255
+    batch = (tf.constant(rng.normal(size=(2, h, w, 3)), tf.float64), tf.constant(labels))
+    weights, arch = problem.teacher.weight_values(), problem.teacher.arch_values()
+    v = [tf.constant(rng.normal(size=t.shape), tf.float64) for t in weights]
+    return problem, weights, arch, v, batch
+
+
+@pytest.mark.parametrize("which,sample_widths", [("real", False), ("real", True),
+                                                  ("stand_in", False)])
+def test_layerwise_product_equals_the_whole_pass_product(float64, which, sample_widths):
+    problem, weights, arch, v, batch = _case(which, sample_widths)
+    stages = problem.teacher.model.stages()
+    assert len(stages) >= 3, "the product must be checked across several stages"
+
+    @tf.function(autograph=False)
+    def both(weights, arch, v):
+        return (layerwise.layerwise_product(problem, weights, arch, v, batch),
+                symbolic_product(problem, weights, arch, v, batch))
+
+    got, expected = both(weights, arch, v)
+    assert len(got) == len(arch)
+    assert any(np.abs(e.numpy()).max() > 1e-6 for e in expected)
+    for name, g, e in zip(problem.teacher.arch_names, got, expected):
+        np.testing.assert_allclose(g.numpy(), e.numpy(), rtol=1e-8, atol=1e-10, err_msg=name)
