@@ -33,9 +33,10 @@ class MixedProducts(Protocol):
         """d2 L_soft(S; P)/dP dS . u, shaped like P (to be pulled back through P)."""
 
 
-def soft_loss(problem, student_weights, images, probs):
-    """L_soft(S; P): the student's soft CE against the teacher's probabilities on D_u."""
-    outputs, _ = problem.student.forward(student_weights, [], images)
+def soft_loss(problem, student_weights, images, probs, inline=False):
+    """L_soft(S; P): the student's soft CE against the teacher's probabilities on D_u
+    (`inline`: not through the student's traced forward, as Learner.forward)."""
+    outputs, _ = problem.student.forward(student_weights, [], images, inline=inline)
     return lrn.pseudo_label_loss(lrn.student_logits(outputs), probs, False, problem.ignore_label)
 
 
