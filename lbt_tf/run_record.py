@@ -21,10 +21,11 @@ STAGE_SECTIONS = {"search": ("data", "teacher", "student", "search"),
                   "train": ("data", "teacher", "train")}
 # Fields that change how a run is checked, shown or traced, not what it computes (the tracing
 # options give the same values: tests/search/test_hypergradient.py, test_trace_once.py; so do
-# kept or recomputed step gradients and activations: test_lbt_model.py, test_trace_once.py).
+# kept or recomputed step gradients and activations: test_lbt_model.py, test_trace_once.py;
+# and exact's teacher product over the whole pass or by stages: test_layerwise.py).
 NOT_DEFINING = {"data.validate_files", "search.log_every", "search.checkpoint_every_steps",
                 "teacher.cell_tracing", "search.trace_once", "search.keep_step_gradients",
-                "search.recompute_activations"}
+                "search.recompute_activations", "search.arch_product"}
 # A run may be continued for more (or fewer) epochs, as with BackupAndRestore.
 EXTENDABLE = {"search.epochs", "train.epochs"}
 

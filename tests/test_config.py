@@ -34,6 +34,8 @@ def test_shipped_flagfiles_build_configs(name):
         assert (config.data.crop_height, config.data.crop_width) == (224, 448)
         assert config.data.batch_size == 2 and config.search.epochs == 30
         assert config.data.num_classes == 19 and config.student.blocks_per_stage == (3, 4, 6, 3)
+        # exact's teacher product one stage at a time: the setting's memory target (README)
+        assert config.search.hypergrad == "exact" and config.search.arch_product == "layerwise"
 
 
 def test_fractions_in_width_list_and_roundtrip_json():
@@ -50,6 +52,7 @@ def test_fractions_in_width_list_and_roundtrip_json():
     (["--teacher_fraction=1.5"], "teacher_fraction"),
     (["--search_mode=darts"], "search_mode"),
     (["--hypergrad=magic"], "hypergrad"),
+    (["--arch_product=stagewise"], "arch_product"),
     (["--arch_selection=best"], "arch_selection"),
     (["--data_source=cityscapes"], "data_dir"),
     (["--student_output_stride=32"], "student_output_stride"),
