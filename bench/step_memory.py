@@ -7,7 +7,8 @@ Runs the step once (trace and first run), then profiles its second run with Tens
 profiler: the trace goes to --profile_dir (TensorBoard's Profile tab, memory_profile tool, shows
 it with the TensorBoard profile plugin installed) and the allocations alive at the allocator's
 peak are printed, grouped by the op that made them (name without its numeric suffix; shapes of
-those over 50 MB) and by when in the step they were made. A weight-sized group made early and
+those over 50 MB) and by when in the step they were made, after the peak's time and the memory in
+use over the whole step (where in the step the peak is: the stage running then). A weight-sized group made early and
 still alive at a late peak is a stage's result (or activations) waiting for a later stage: that
 is how the recomputation's schedule was found (README, issue 13).
 
@@ -83,6 +84,36 @@ def group_by_second(rows):
     return dict(sorted(seconds.items(), key=lambda item: -1 if item[0] is None else item[0]))
 
 
+def timeline(memory_profile):
+    """{allocator: (peak seconds into the profile, [(seconds, bytes in use)])}: the tool's
+    sampled timeline of the whole profile (at most 1000 points, each its window's maximum).
+    The snapshots `live_at_peak` reads are only those of the allocations alive at the peak, so
+    they end there and say nothing about the rest of the step."""
+    result = {}
+    for allocator, profile in memory_profile["memoryProfilePerAllocator"].items():
+        points = []
+        for snapshot in profile.get("sampledTimelineSnapshots", []):
+            stats = snapshot["aggregationStats"]
+            points.append((int(snapshot["timeOffsetPs"]) / 1e12,
+                           int(stats.get("heapAllocatedBytes", 0))
+                           + int(stats.get("stackReservedBytes", 0))))
+        peak_at = int(profile["profileSummary"].get("peakStatsTimePs", 0)) / 1e12
+        result[allocator] = (peak_at, points)
+    return result
+
+
+def binned(points, bins=60):
+    """[(bin start seconds, max bytes)] of a timeline in at most `bins` equal windows."""
+    if not points:
+        return []
+    width = max(1, int(points[-1][0] // bins) + 1)
+    maxima = collections.OrderedDict()
+    for seconds, size in points:
+        start = int(seconds // width) * width
+        maxima[start] = max(maxima.get(start, 0), size)
+    return list(maxima.items())
+
+
 def memory_profile_of(profile_dir):
     """The memory_profile tool's data of the newest trace under `profile_dir`."""
     # TensorFlow's own converter of a trace into the Profile tab's tool data (what TensorBoard's
@@ -98,9 +129,15 @@ def memory_profile_of(profile_dir):
 
 
 def report(memory_profile, top):
+    timelines = timeline(memory_profile)
     for allocator, peak, rows in live_at_peak(memory_profile):
-        print(f"allocator {allocator}: peak {peak / 2**30:.2f} GiB, {len(rows)} live "
-              f"allocations at the peak")
+        peak_at, points = timelines[allocator]
+        length = points[-1][0] if points else float("nan")
+        print(f"allocator {allocator}: peak {peak / 2**30:.2f} GiB at {peak_at:.1f} s of "
+              f"{length:.1f} s, {len(rows)} live allocations at the peak")
+        # Where in the step the peak is: the stage running then is what to cut.
+        print("  in use over the profiled step (window start s: max GiB): " + " ".join(
+            f"{start}:{size / 2**30:.1f}" for start, size in binned(points)))
         for (op, region, shape), (size, count) in list(group_by_op(rows).items())[:top]:
             print(f"  {size / 2**30:7.3f} GiB  x{count:<5d} {op} ({region}) {shape}")
         print("  made at (seconds into the profiled step; - = before it):")

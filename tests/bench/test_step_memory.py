@@ -4,6 +4,7 @@ Runs in a child process: the profiler's CPU memory events need TF_CPU_ALLOCATOR_
 before TensorFlow starts."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -37,6 +38,9 @@ CHILD = textwrap.dedent("""
     print("LIVE " + json.dumps([(op, size, at is None)
                                 for op, _, _, size, at, _ in
                                 step_memory.live_at_peak(profile)[0][2]]))
+    allocator, peak, _ = step_memory.live_at_peak(profile)[0]
+    peak_at, points = step_memory.timeline(profile)[allocator]
+    print("TIMELINE " + json.dumps([peak, peak_at, points]))
 """)
 
 
@@ -49,3 +53,20 @@ def test_live_allocations_at_the_peak(tmp_path):
     made_in_step = {(op, size) for op, size, before in live if not before}
     assert ("mul", 32 * 2**20) in made_in_step, live
     assert ("Tile", 128 * 2**20) in made_in_step, live
+    # The sampled timeline covers the step: its maximum is the peak, at the peak's time, and
+    # it goes on after it (the held result and the sums come later).
+    peak, peak_at, points = json.loads(
+        [l for l in out.stdout.splitlines() if l.startswith("TIMELINE ")][0][9:])
+    assert max(size for _, size in points) == peak
+    assert [t for t, size in points if size == peak][0] == peak_at
+    assert points[-1][0] > peak_at and points[-1][1] < peak
+
+
+def test_binned_timeline_keeps_each_window_maximum():
+    spec = importlib.util.spec_from_file_location("step_memory", BENCH)
+    step_memory = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(step_memory)
+    points = [(0.5, 1), (1.2, 3), (1.7, 2), (130.0, 5)]
+    assert step_memory.binned(points[:3]) == [(0, 1), (1, 3)]
+    # 130 s in at most 60 windows: 3 s each
+    assert step_memory.binned(points) == [(0, 3), (129, 5)]
