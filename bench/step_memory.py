@@ -7,9 +7,9 @@ Runs the step once (trace and first run), then profiles its second run with Tens
 profiler: the trace goes to --profile_dir (TensorBoard's Profile tab, memory_profile tool, shows
 it with the TensorBoard profile plugin installed) and the allocations alive at the allocator's
 peak are printed, grouped by the op that made them (name without its numeric suffix; shapes of
-those over 50 MB) and by when in the step they were made, after the peak's time and the memory in
-use over the whole step (where in the step the peak is: the stage running then). A weight-sized group made early and
-still alive at a late peak is a stage's result (or activations) waiting for a later stage: that
+those over 50 MB) and by when in the step they were made; first the peak's time and the memory
+in use over the whole step (the stage running at the peak is what to cut). A weight-sized group
+made early and still alive at a late peak is a stage's result (or activations) waiting for a later stage: that
 is how the recomputation's schedule was found (README, issue 13).
 
 On CPU the profiler's memory events come from the BFC allocator, so this script sets

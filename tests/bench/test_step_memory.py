@@ -4,7 +4,6 @@ Runs in a child process: the profiler's CPU memory events need TF_CPU_ALLOCATOR_
 before TensorFlow starts."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -41,6 +40,9 @@ CHILD = textwrap.dedent("""
     allocator, peak, _ = step_memory.live_at_peak(profile)[0]
     peak_at, points = step_memory.timeline(profile)[allocator]
     print("TIMELINE " + json.dumps([peak, peak_at, points]))
+    # binned: each window's maximum; 130 s in at most 60 windows: 3 s each
+    toy = [(0.5, 1), (1.2, 3), (1.7, 2), (130.0, 5)]
+    print("BINNED " + json.dumps([step_memory.binned(toy[:3]), step_memory.binned(toy)]))
 """)
 
 
@@ -60,13 +62,6 @@ def test_live_allocations_at_the_peak(tmp_path):
     assert max(size for _, size in points) == peak
     assert [t for t, size in points if size == peak][0] == peak_at
     assert points[-1][0] > peak_at and points[-1][1] < peak
-
-
-def test_binned_timeline_keeps_each_window_maximum():
-    spec = importlib.util.spec_from_file_location("step_memory", BENCH)
-    step_memory = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(step_memory)
-    points = [(0.5, 1), (1.2, 3), (1.7, 2), (130.0, 5)]
-    assert step_memory.binned(points[:3]) == [(0, 1), (1, 3)]
-    # 130 s in at most 60 windows: 3 s each
-    assert step_memory.binned(points) == [(0, 3), (129, 5)]
+    short, long = json.loads([l for l in out.stdout.splitlines() if l.startswith("BINNED ")][0][7:])
+    assert short == [[0, 1], [1, 3]]
+    assert long == [[0, 3], [129, 5]]
