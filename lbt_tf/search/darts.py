@@ -45,7 +45,8 @@ def darts_hypergradient(products: MixedProducts, problem, teacher_weights, arch,
                         diagnose=None) -> ArchGradient:
     """Passes: the virtual steps, the student val backward, soft_product, the backward of
     L_t^val and P to (T', A) (v and grad_A's first terms: both passes together with kept
-    activations; with recompute_activations each pass redone, one after the other),
+    activations; with recompute_activations L_t^val's pass redone, then P's backward one stage
+at a time from its first forward's stage inputs),
     arch_product. The stages run one after another (lrn.after)."""
     what = products.what
     new_teacher, reuse = problem.virtual_teacher_step(teacher_weights, arch, xi_t,
@@ -55,12 +56,13 @@ def darts_hypergradient(products: MixedProducts, problem, teacher_weights, arch,
     teacher_and_arch = new_teacher + list(arch)
     names = problem.teacher.weight_names + problem.teacher.arch_names
 
-    tape = teacher_val = probs = None
+    tape = teacher_val = probs = checkpoints = None
     if problem.recompute_activations:
-        # Values only (no tape, no activations kept): P for the student stages; L_t^val comes
-        # with its recomputed pass below.
+        # Values only (no tape; only the supernet's stage inputs kept): P for the student
+        # stages; L_t^val comes with its recomputed pass below.
         if problem.student is not None:
-            probs = problem.teacher_probs(new_teacher, arch, batches.unlabeled)
+            probs, checkpoints = problem.teacher_probs_checkpointed(new_teacher, arch,
+                                                                    batches.unlabeled)
     else:
         with tf.GradientTape() as tape:
             tape.watch(teacher_and_arch)
@@ -93,9 +95,10 @@ def darts_hypergradient(products: MixedProducts, problem, teacher_weights, arch,
         teacher_val, val_grads = problem.teacher_loss_gradient(
             new_teacher, arch, batches.teacher_val, what_val, weights_too=True)
     elif tape is None:
-        with lrn.after(probs_seed):  # P's forward needs no seed: it would start at once
+        with lrn.after(probs_seed):  # L_t^val's pass needs no seed: it would start at once
             teacher_val, val_grads = problem.recomputed_val_gradient(
-                new_teacher, arch, batches.teacher_val, batches.unlabeled, probs_seed, what_val)
+                new_teacher, arch, batches.teacher_val, batches.unlabeled, checkpoints,
+                probs_seed, what_val)
     else:
         targets, seeds = [teacher_val], [tf.ones_like(teacher_val)]
         if probs_seed is not None:

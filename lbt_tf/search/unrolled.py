@@ -24,6 +24,7 @@ import tensorflow as tf
 from lbt_tf import names
 from lbt_tf.config import SearchConfig
 from lbt_tf.search import learner as lrn
+from lbt_tf.search import stagewise
 from lbt_tf.search.finite_difference import finite_difference_hypergradient
 from lbt_tf.search.hvp import hvp_hypergradient
 from lbt_tf.search.learner import ArchGradient, Batches, Learner, StepGradients, checked_gradients
@@ -108,34 +109,49 @@ class SearchProblem:
         names = (self.teacher.weight_names if weights_too else []) + self.teacher.arch_names
         return loss, checked_gradients(grads, names, what)
 
-    def recomputed_val_gradient(self, weights, arch, val_batch, images, probs_seed, what):
+    def teacher_probs_checkpointed(self, weights, arch, images):
+        """(P(T, A; images), the supernet's stage inputs of that forward): P's values for the
+        student stages and what `recomputed_val_gradient` redoes its backward from
+        (stagewise.py); with trace_once one traced function."""
+        def probs_checkpointed(weights, arch, images):
+            outputs, checkpoints = stagewise.forward(self.teacher, weights, arch, images)
+            return lrn.teacher_probabilities(outputs, images.shape[1:3]), checkpoints
+
+        return self.teacher.traced("probs_checkpointed", probs_checkpointed)(
+            list(weights), list(arch), images)
+
+    def recomputed_val_gradient(self, weights, arch, val_batch, images, checkpoints, probs_seed,
+                                what):
         """(L(T', A; val_batch), d/d(T', A) [that + probs_seed . P(T', A; images)]) (darts.py
-        with recompute_activations): each pass's forward redone with its backward, one pass
-        after the other, in one function (traced with trace_once): P's first, then L_t^val's,
-        whose gradient is added to P's as it is made, so that one pass's activations, one
-        gradient list and T' are alive, not two gradient lists (a called function's arguments and
-        results are whole lists, alive until it returns or their consumer runs).
-        `tf.recompute_grad` around both passes started the recomputation as soon as its *first*
-        output's gradient existed; L_t^val's is a constant, so the recomputed activations (and
-        a copy of T') waited through the student stages for P's gradient (paper setting,
-        memory profile: 2.6 GB of the 8.9 GB peak; README)."""
-        def val_gradient(weights, arch, val_images, val_labels, images, probs_seed):
+        with recompute_activations), in one function (traced with trace_once): L_t^val's pass
+        (forward and backward) first, then P's backward one supernet stage at a time from the
+        stage inputs its earlier forward kept (`teacher_probs_checkpointed`, stagewise.py), each
+        stage's gradient added to L_t^val's as it is made. So T', one gradient list and at most
+        one pass's activations are alive, and P's pass costs no more arithmetic than redoing it
+        whole. In the other order P's gradient list waited beside L_t^val's whole activations:
+        the exact step's peak at the paper's setting (README). `tf.recompute_grad` around both
+        passes started the recomputation as soon as its *first* output's gradient existed;
+        L_t^val's is a constant, so the recomputed activations (and a copy of T') waited
+        through the student stages for P's gradient (2.6 GB of an 8.9 GB peak; README)."""
+        def val_gradient(weights, arch, val_images, val_labels, images, checkpoints,
+                         probs_seed):
             watched = list(weights) + list(arch)
-            with tf.name_scope("probs_pass"):
-                with tf.GradientTape() as tape:
-                    tape.watch(watched)
-                    outputs, _ = self.teacher.forward(weights, arch, images, inline=True)
-                    probs = lrn.teacher_probabilities(outputs, images.shape[1:3])
-                probs_grads = tape.gradient(probs, watched, output_gradients=probs_seed)
-            with tf.name_scope("val_pass"), lrn.after(probs_grads):
+            with tf.name_scope("val_pass"):
                 with tf.GradientTape() as tape:
                     tape.watch(watched)
                     outputs, _ = self.teacher.forward(weights, arch, val_images, inline=True)
                     loss = lrn.teacher_seg_loss(outputs, val_labels, self.ignore_label)
-                return loss, [g + p for g, p in zip(tape.gradient(loss, watched), probs_grads)]
+                val_grads = tape.gradient(loss, watched)
+            with tf.name_scope("probs_pass"), lrn.after(val_grads):
+                weight_grads, arch_grads = stagewise.backward(
+                    self.teacher, weights, arch, images, checkpoints,
+                    lambda outputs: lrn.teacher_probabilities(outputs, images.shape[1:3]),
+                    probs_seed, what)
+            return loss, [stagewise.sum_gradients(g, p)
+                          for g, p in zip(val_grads, weight_grads + arch_grads)]
 
         loss, grads = self.teacher.traced("val_gradient", val_gradient)(
-            list(weights), list(arch), *val_batch, images, probs_seed)
+            list(weights), list(arch), *val_batch, images, checkpoints, probs_seed)
         return loss, checked_gradients(grads, self.teacher.weight_names + self.teacher.arch_names,
                                        what)
 

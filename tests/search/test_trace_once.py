@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from lbt_tf import names
-from lbt_tf.search import learner, unrolled
+from lbt_tf.search import learner, stagewise, unrolled
 from tests.search import models_under_test
 
 
@@ -103,10 +103,12 @@ def _ancestors(op):
 @pytest.mark.parametrize("trace_once", [False, True])
 def test_recomputed_val_passes_run_after_the_soft_product_one_at_a_time(trace_once):
     """--recompute_activations (SearchProblem.recomputed_val_gradient): the recomputed passes
-    start only once P's incoming gradient (the soft product) exists, and L_t^val's forward only
-    once P's whole backward is done. With `tf.recompute_grad` around both, the recomputation
-    started at once (L_t^val's seed is a constant) and held both passes' activations through
-    the student stages (2.6 GB at the paper's setting)."""
+    start only once P's incoming gradient (the soft product) exists, and P's stage-by-stage
+    backward only once L_t^val's whole gradient exists (then one gradient list and one stage's
+    activations are alive beside T'; in the other order P's gradient list waited beside
+    L_t^val's whole activations: the exact step's peak at the paper's setting). With
+    `tf.recompute_grad` around both, the recomputation started at once (L_t^val's seed is a
+    constant) and held both passes' activations through the student stages (2.6 GB)."""
     supernet, student, num_classes = models_under_test.build("stand_in")
     batches = _batches(num_classes, seed=2)
     problems = []
@@ -128,30 +130,34 @@ def test_recomputed_val_passes_run_after_the_soft_product_one_at_a_time(trace_on
         graph = problems[0].teacher.traced("val_gradient", None).get_concrete_function(
             *[tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype), group)
               for group in _val_gradient_arguments(calls[0], problems[0])]).graph
-        problem = problems[0]  # arguments: weights, arch, val images, ...; then captures
-        val_images = graph.inputs[len(problem.teacher.weight_names + problem.teacher.arch_names)]
-    else:
-        val_images = {id(outer): inner for outer, inner in graph.captures}[
-            id(batches.teacher_val[0])]
     probs_pass = [op for op in graph.get_operations() if "probs_pass/" in op.name]
     val_pass = [op for op in graph.get_operations() if "val_pass/" in op.name]
     assert probs_pass and val_pass
     ancestors = {op.name: _ancestors(op) for op in probs_pass + val_pass}
-    if not trace_once:
-        assert all(soft_product & ancestors[op.name] for op in probs_pass)
-    # P's gradient: what the val pass adds to its own; L_t^val's forward (its ops that read the
-    # val images) must wait for all of it.
-    probs_gradient = {t.op.name for op in val_pass if op.type in ("Add", "AddV2")
-                      for t in op.inputs if "probs_pass/" in t.op.name}
-    val_forward = [op for op in val_images.consumers() if "val_pass/" in op.name]
-    assert len(probs_gradient) >= len(supernet.trainable_variables) and val_forward
-    for op in val_forward:
-        assert probs_gradient <= ancestors[op.name], op.name
+    if not trace_once:  # (placeholders: values captured from outside, not computation)
+        assert all(soft_product & ancestors[op.name] for op in val_pass
+                   if op.type != "Placeholder")
+    # L_t^val's gradient: what P's stage gradients are added to; every op of P's pass (the
+    # stages' recomputed forwards included) must wait for all of it.
+    val_gradient = {t.op.name for op in graph.get_operations() if op.type in ("Add", "AddV2")
+                    and any("probs_pass/" in t.op.name for t in op.inputs)
+                    for t in op.inputs if "val_pass/" in t.op.name}
+    assert len(val_gradient) >= len(supernet.trainable_variables)
+    for op in probs_pass:
+        assert val_gradient <= ancestors[op.name], op.name
 
 
 def _val_gradient_arguments(call, problem):
     """The val_gradient call's inputs grouped as its Python arguments (weights, arch, val
-    images, val labels, D_u images, P's seed; then come the captured variables)."""
+    images, val labels, D_u images, P's stage inputs, P's seed; then come the captured
+    variables)."""
     inputs = list(call.inputs)
     num_t, num_a = len(problem.teacher.weight_names), len(problem.teacher.arch_names)
-    return [inputs[:num_t], inputs[num_t:num_t + num_a]] + inputs[num_t + num_a:][:4]
+    images = inputs[num_t + num_a + 2]
+    _, checkpoints = stagewise.forward(  # for their structure
+        problem.teacher, problem.teacher.weight_values(), problem.teacher.arch_values(),
+        tf.zeros(images.shape, images.dtype))
+    rest = inputs[num_t + num_a + 3:]
+    num_c = len(tf.nest.flatten(checkpoints))
+    return ([inputs[:num_t], inputs[num_t:num_t + num_a]] + inputs[num_t + num_a:][:3]
+            + [tf.nest.pack_sequence_as(checkpoints, rest[:num_c]), rest[num_c]])
