@@ -98,7 +98,7 @@ class StudentConfig:
 class SearchConfig:
     mode: str = "lbt"                     # fasterseg | lpt | lbt
     hypergrad: str = "exact"              # names.HYPERGRADS: exact | hvp | finite_difference
-    arch_product: str = "whole"           # names.ARCH_PRODUCTS: exact's teacher product
+    arch_product: str = "whole"           # names.ARCH_PRODUCTS: exact's / FD's teacher product
     epochs: int = 30
     warmup_epochs: int = 20
     steps_per_epoch: Optional[int] = None  # None: one pass over D_t^tr

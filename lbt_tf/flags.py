@@ -100,8 +100,8 @@ FLAG_TABLE = {
     "hypergrad": ("search", "hypergrad", " | ".join(names.HYPERGRADS) + " (lbt only)."),
     "arch_product": ("search", "arch_product",
                      " | ".join(names.ARCH_PRODUCTS) + ": --hypergrad=exact's teacher product "
-                     "over the whole pass, or one supernet stage at a time (recomputed: less "
-                     "memory, more time; README)."),
+                     "(finite_difference's perturbed passes) over the whole pass, or one supernet "
+                     "stage at a time (recomputed: less memory, more time; README)."),
     "search_epochs": ("search", "epochs", "Architecture-search epochs after warm-up."),
     "warmup_epochs": ("search", "warmup_epochs", "Epochs of weight training with A frozen."),
     "search_steps_per_epoch": ("search", "steps_per_epoch", "Steps per search epoch."),

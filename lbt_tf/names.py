@@ -21,8 +21,9 @@ FIRST_ORDER_MODES = ("fasterseg", "lpt")     # T' = T, S' = S: no unrolling
 # reverse-over-reverse (exact), forward-over-reverse Hessian-vector products (exact as well) or
 # central differences.
 HYPERGRADS = ("exact", "hvp", "finite_difference")
-# How exact computes its teacher product d2 L/dA dT . v (search/reverse_over_reverse.py): over the
-# whole training pass at once, or one stage of the supernet at a time (search/layerwise.py:
+# How exact computes its teacher product d2 L/dA dT . v (search/reverse_over_reverse.py), and
+# finite differences their perturbed passes grad_A L(T +- eps v): over the whole training pass
+# at once, or one stage of the supernet at a time (search/layerwise.py, search/stagewise.py:
 # recomputed, only stage boundaries kept between stages).
 ARCH_PRODUCTS = ("whole", "layerwise")
 # How the search's end picks each cell's op (--arch_selection, search/selection.py): the largest

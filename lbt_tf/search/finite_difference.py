@@ -3,6 +3,8 @@ second-order graph), eps = c / ||direction||, c = search.finite_difference_scale
     soft_product: d/dP [L_soft(S + eps_s u; P) - L_soft(S - eps_s u; P)] / (2 eps_s)
     arch_product: [grad_A L(T + eps_t v, A; D_t^tr) - grad_A L(T - eps_t v, A; D_t^tr)] / (2 eps_t)
 A zero ||u|| or ||v|| means that product is exactly zero: it is returned as zero (no 0/0).
+With --arch_product=layerwise the two perturbed passes run one supernet stage at a time
+(SearchProblem.perturbed_arch_gradient: T +- eps v made per stage; same values).
 c = 1e-3 (not DARTS' 0.01) is the most accurate in float32 at the demo config with a smooth
 activation (bench/finite_difference_eps.py). With ReLU the quotients also count the kinks that
 T +- eps v crosses, which the exact Hessian-vector product leaves out: the two agree only for
@@ -31,15 +33,20 @@ class CentralDifferences:
     def arch_product(self, problem, teacher_weights, arch, v, batch):
         eps, v_norm = _step(problem.finite_difference_scale, v)
 
-        def arch_grad_at(weights):
-            return problem.teacher_loss_gradient(weights, arch, batch,
-                                                 "FD: grad_A L_t^tr(T +- eps v)")[1]
+        what = "FD: grad_A L_t^tr(T +- eps v)"
+
+        def arch_grad_at(step):
+            if problem.arch_product == "layerwise":  # T + step v made one stage at a time
+                return problem.perturbed_arch_gradient(teacher_weights, arch, v, step, batch,
+                                                       what)
+            return problem.teacher_loss_gradient(lrn.axpy(step, v, teacher_weights), arch, batch,
+                                                 what)[1]
 
         with tf.name_scope("fd_plus"):
-            plus = arch_grad_at(lrn.axpy(eps, v, teacher_weights))
+            plus = arch_grad_at(eps)
         # T - eps v only once the plus pass is done: one perturbed copy of T at a time.
         with tf.name_scope("fd_minus"), lrn.after(plus):
-            minus = arch_grad_at(lrn.axpy(-eps, v, teacher_weights))
+            minus = arch_grad_at(-eps)
         coeff = tf.where(v_norm > 0, 1.0 / (2 * eps), tf.zeros((), eps.dtype))
         return [coeff * (p - m) for p, m in zip(plus, minus)]
 

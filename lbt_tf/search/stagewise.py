@@ -18,25 +18,34 @@ import tensorflow as tf
 from lbt_tf.search import learner as lrn
 
 
-def forward(learner, weights, arch, images, non_trainable=None):
-    """(the model's outputs, the inputs of stages 1 .. n-1 as values): one training forward."""
+def forward(learner, weights, arch, images, non_trainable=None, stage_weights=None):
+    """(the model's outputs, the inputs of stages 1 .. n-1 as values): one training forward.
+    `stage_weights` (weights -> the weights a stage runs with, e.g. T + eps v): made inside
+    each stage once its input exists, so that such a copy exists one stage at a time (in a
+    graph the entries a stage does not read are pruned)."""
     model = learner.model
     stages = model.stages()
     with learner.stateless_scope(weights, arch, non_trainable):
         arch_inputs = model.arch_inputs()
-        x, checkpoints = images, []
-        for k, stage in enumerate(stages):
-            if k > 0:
-                checkpoints.append(tf.nest.map_structure(tf.stop_gradient, x))
-            x = stage(x, arch_inputs, True)
+    x, checkpoints = images, []
+    for k, stage in enumerate(stages):
+        if k > 0:
+            checkpoints.append(tf.nest.map_structure(tf.stop_gradient, x))
+        with lrn.after(x if k > 0 else None):
+            used = stage_weights(weights) if stage_weights else weights
+            with learner.stateless_scope(used, arch, non_trainable):
+                x = stage(x, arch_inputs, True)
     return x, checkpoints
 
 
 def backward(learner, weights, arch, images, checkpoints, head, seed, what,
-             non_trainable=None):
+             non_trainable=None, stage_weights=None, weights_too=True):
     """d/d(weights, arch) of <seed, head(outputs)> (gradients as `tape.gradient` returns them:
-    None for a weight without a path), the last stage first, each stage's forward redone from
-    its checkpoint once the later stage's gradient exists (lrn.after)."""
+    None for a weight without a path; seed None for a scalar head), the last stage first, each
+    stage's forward redone from its checkpoint once the later stage's gradient exists
+    (lrn.after). `stage_weights` as in `forward` (the gradient is then still w.r.t. `weights`);
+    without `weights_too` only the arch gradient is taken (weight gradients all None: no filter
+    gradients computed)."""
     model = learner.model
     stages = model.stages()
     with tf.GradientTape() as arch_tape:
@@ -53,17 +62,20 @@ def backward(learner, weights, arch, images, checkpoints, head, seed, what,
             x_in = tf.nest.map_structure(tf.identity, checkpoints[k - 1]) if k > 0 else images
             leaves = [None if t is None else tf.identity(tf.stop_gradient(t)) for t in flat_arch]
             watched_x = tf.nest.flatten(x_in) if k > 0 else []
-            watched = watched_x + list(weights) + [leaves[i] for i in live]
+            watched_w = list(weights) if weights_too else []
+            watched = watched_x + watched_w + [leaves[i] for i in live]
             with tf.GradientTape() as tape:
                 tape.watch(watched)
-                with learner.stateless_scope(weights, arch, non_trainable):
+                used = stage_weights(weights) if stage_weights else weights
+                with learner.stateless_scope(used, arch, non_trainable):
                     y = stages[k](x_in, tf.nest.pack_sequence_as(arch_inputs, leaves), True)
                 if k == len(stages) - 1:
                     y = head(y)
             grads = tape.gradient(y, watched, output_gradients=x_grad)
-        num_x, num_w = len(watched_x), len(weights)
-        weight_grads = [sum_gradients(a, b)
-                        for a, b in zip(weight_grads, grads[num_x:num_x + num_w])]
+        num_x, num_w = len(watched_x), len(watched_w)
+        if weights_too:
+            weight_grads = [sum_gradients(a, b)
+                            for a, b in zip(weight_grads, grads[num_x:num_x + num_w])]
         leaf_grads = [sum_gradients(a, b) for a, b in zip(leaf_grads, grads[num_x + num_w:])]
         if k > 0:
             x_grad = tf.nest.pack_sequence_as(checkpoints[k - 1], lrn.checked_gradients(

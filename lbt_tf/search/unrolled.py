@@ -48,7 +48,7 @@ class SearchProblem:
     keep_step_gradients: bool = True
     # darts.py's val passes at T' keep no activations: each one's backward redoes its forward.
     recompute_activations: bool = False
-    arch_product: str = "whole"             # names.ARCH_PRODUCTS (exact's teacher product)
+    arch_product: str = "whole"             # names.ARCH_PRODUCTS (exact's and FD's teacher product)
 
     def teacher_loss(self, weights, arch, batch, inline=False):
         outputs, _ = self.teacher.forward(weights, arch, batch[0], inline=inline)
@@ -119,6 +119,26 @@ class SearchProblem:
 
         return self.teacher.traced("probs_checkpointed", probs_checkpointed)(
             list(weights), list(arch), images)
+
+    def perturbed_arch_gradient(self, weights, arch, direction, step, batch, what):
+        """grad_A L(T + step direction, A; batch) one supernet stage at a time (stagewise.py):
+        a forward keeping the stage inputs, then a backward redoing each stage, with T + step
+        direction made inside each stage (finite differences with --arch_product=layerwise: no
+        whole perturbed copy of T and one stage's activations alive instead of a pass's, for
+        one more forward). With trace_once one traced function (the step's sign an argument)."""
+        def arch_gradient(weights, arch, direction, step, images, labels):
+            perturbed = lambda values: lrn.axpy(step, direction, values)
+            _, checkpoints = stagewise.forward(self.teacher, weights, arch, images,
+                                               stage_weights=perturbed)
+            _, grads = stagewise.backward(
+                self.teacher, weights, arch, images, checkpoints,
+                lambda outputs: lrn.teacher_seg_loss(outputs, labels, self.ignore_label), None,
+                what, stage_weights=perturbed, weights_too=False)
+            return grads
+
+        grads = self.teacher.traced("perturbed_arch_gradient", arch_gradient)(
+            list(weights), list(arch), list(direction), step, *batch)
+        return checked_gradients(grads, self.teacher.arch_names, what)
 
     def recomputed_val_gradient(self, weights, arch, val_batch, images, checkpoints, probs_seed,
                                 what):
