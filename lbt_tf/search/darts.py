@@ -123,11 +123,16 @@ at a time from its first forward's stage inputs),
                                                           batches.teacher_train)
             else:
                 t_prime = lrn.axpy(-xi_t, reuse.teacher_grads, teacher_weights)
-            with tf.GradientTape() as val_tape:
-                val_tape.watch(t_prime + list(arch))
-                loss = problem.teacher_loss(t_prime, arch, batches.teacher_val)
-            val = checked_gradients(val_tape.gradient(loss, t_prime + list(arch)), names,
-                                    f"{what}: grad_(T', A) L_t^val")
+            what_val_teacher = f"{what}: grad_(T', A) L_t^val"
+            if problem.arch_product == "layerwise":  # one stage's activations beside T', v
+                val = problem.stagewise_loss_gradient(t_prime, arch, batches.teacher_val,
+                                                      what_val_teacher, weights_too=True)[1]
+            else:
+                with tf.GradientTape() as val_tape:
+                    val_tape.watch(t_prime + list(arch))
+                    loss = problem.teacher_loss(t_prime, arch, batches.teacher_val)
+                val = checked_gradients(val_tape.gradient(loss, t_prime + list(arch)), names,
+                                        what_val_teacher)
             with lrn.after(val):
                 return lrn.axpy(-xi_t, products.arch_product(
                     problem, teacher_weights, arch, val[:num_t], batches.teacher_train),

@@ -4,7 +4,7 @@ second-order graph), eps = c / ||direction||, c = search.finite_difference_scale
     arch_product: [grad_A L(T + eps_t v, A; D_t^tr) - grad_A L(T - eps_t v, A; D_t^tr)] / (2 eps_t)
 A zero ||u|| or ||v|| means that product is exactly zero: it is returned as zero (no 0/0).
 With --arch_product=layerwise the two perturbed passes run one supernet stage at a time
-(SearchProblem.perturbed_arch_gradient: T +- eps v made per stage; same values).
+(SearchProblem.stagewise_loss_gradient: T +- eps v made per stage; same values).
 c = 1e-3 (not DARTS' 0.01) is the most accurate in float32 at the demo config with a smooth
 activation (bench/finite_difference_eps.py). With ReLU the quotients also count the kinks that
 T +- eps v crosses, which the exact Hessian-vector product leaves out: the two agree only for
@@ -37,8 +37,8 @@ class CentralDifferences:
 
         def arch_grad_at(step):
             if problem.arch_product == "layerwise":  # T + step v made one stage at a time
-                return problem.perturbed_arch_gradient(teacher_weights, arch, v, step, batch,
-                                                       what)
+                return problem.stagewise_loss_gradient(teacher_weights, arch, batch, what,
+                                                       direction=v, step=step)[1]
             return problem.teacher_loss_gradient(lrn.axpy(step, v, teacher_weights), arch, batch,
                                                  what)[1]
 

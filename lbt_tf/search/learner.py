@@ -155,14 +155,18 @@ class Learner:
                                             experimental_attributes={"_noinline": True})
         return self._traced[key]
 
-    def stateless_scope(self, weights, arch, non_trainable=None):
+    def stateless_scope(self, weights, arch, non_trainable=None, weight_transform=None):
         """Context: the model's variables read as these values (what `stateless_call` does
-        around `call`), for running parts of the model (its `stages`)."""
+        around `call`), for running parts of the model (its `stages`). `weight_transform(i,
+        value)`: weight i is read as that instead, made when the model first reads it (a stage
+        then makes only its own, e.g. T + eps v one stage at a time)."""
         if non_trainable is None:
             non_trainable = self.non_trainable_values()
         mapping = (list(zip(self.weight_variables, weights)) + list(zip(self.arch_variables, arch))
                    + list(zip(self.non_trainable_variables, non_trainable)))
-        return keras.StatelessScope(state_mapping=mapping)
+        if weight_transform is None:
+            return keras.StatelessScope(state_mapping=mapping)
+        return TransformedWeightsScope(mapping, self.weight_variables, weight_transform)
 
     def _stateless_forward(self, weights, arch, x, training, non_trainable):
         values = [None] * (len(self.weight_positions) + len(self.arch_positions))
@@ -172,6 +176,23 @@ class Learner:
             values[pos] = value
         return self.model.stateless_call(values, non_trainable, x, training=training)
 
+
+
+class TransformedWeightsScope(keras.StatelessScope):
+    """A StatelessScope whose given weights are read as `transform(i, value)`, made on their
+    first read (Keras reads a variable in a stateless scope through `get_current_value`)."""
+
+    def __init__(self, mapping, weight_variables, transform):
+        super().__init__(state_mapping=mapping)
+        self.pending = {id(v): i for i, v in enumerate(weight_variables)}
+        self.transform = transform
+
+    def get_current_value(self, variable):
+        index = self.pending.pop(id(variable), None)
+        if index is not None:
+            self.state_mapping[id(variable)] = self.transform(index,
+                                                              self.state_mapping[id(variable)])
+        return super().get_current_value(variable)
 
 
 def teacher_seg_loss(outputs, labels, ignore_label):

@@ -20,9 +20,9 @@ from lbt_tf.search import learner as lrn
 
 def forward(learner, weights, arch, images, non_trainable=None, stage_weights=None):
     """(the model's outputs, the inputs of stages 1 .. n-1 as values): one training forward.
-    `stage_weights` (weights -> the weights a stage runs with, e.g. T + eps v): made inside
-    each stage once its input exists, so that such a copy exists one stage at a time (in a
-    graph the entries a stage does not read are pruned)."""
+    `stage_weights(i, value)`: weight i as the stages run with it (e.g. T + eps v), made where
+    a stage first reads it, once that stage's input exists: such a copy exists one stage at a
+    time."""
     model = learner.model
     stages = model.stages()
     with learner.stateless_scope(weights, arch, non_trainable):
@@ -31,10 +31,9 @@ def forward(learner, weights, arch, images, non_trainable=None, stage_weights=No
     for k, stage in enumerate(stages):
         if k > 0:
             checkpoints.append(tf.nest.map_structure(tf.stop_gradient, x))
-        with lrn.after(x if k > 0 else None):
-            used = stage_weights(weights) if stage_weights else weights
-            with learner.stateless_scope(used, arch, non_trainable):
-                x = stage(x, arch_inputs, True)
+        with lrn.after(x if k > 0 else None), learner.stateless_scope(
+                weights, arch, non_trainable, weight_transform=stage_weights):
+            x = stage(x, arch_inputs, True)
     return x, checkpoints
 
 
@@ -66,8 +65,8 @@ def backward(learner, weights, arch, images, checkpoints, head, seed, what,
             watched = watched_x + watched_w + [leaves[i] for i in live]
             with tf.GradientTape() as tape:
                 tape.watch(watched)
-                used = stage_weights(weights) if stage_weights else weights
-                with learner.stateless_scope(used, arch, non_trainable):
+                with learner.stateless_scope(weights, arch, non_trainable,
+                                             weight_transform=stage_weights):
                     y = stages[k](x_in, tf.nest.pack_sequence_as(arch_inputs, leaves), True)
                 if k == len(stages) - 1:
                     y = head(y)

@@ -120,25 +120,33 @@ class SearchProblem:
         return self.teacher.traced("probs_checkpointed", probs_checkpointed)(
             list(weights), list(arch), images)
 
-    def perturbed_arch_gradient(self, weights, arch, direction, step, batch, what):
-        """grad_A L(T + step direction, A; batch) one supernet stage at a time (stagewise.py):
-        a forward keeping the stage inputs, then a backward redoing each stage, with T + step
-        direction made inside each stage (finite differences with --arch_product=layerwise: no
-        whole perturbed copy of T and one stage's activations alive instead of a pass's, for
-        one more forward). With trace_once one traced function (the step's sign an argument)."""
-        def arch_gradient(weights, arch, direction, step, images, labels):
-            perturbed = lambda values: lrn.axpy(step, direction, values)
-            _, checkpoints = stagewise.forward(self.teacher, weights, arch, images,
-                                               stage_weights=perturbed)
-            _, grads = stagewise.backward(
-                self.teacher, weights, arch, images, checkpoints,
-                lambda outputs: lrn.teacher_seg_loss(outputs, labels, self.ignore_label), None,
-                what, stage_weights=perturbed, weights_too=False)
-            return grads
+    def stagewise_loss_gradient(self, weights, arch, batch, what, weights_too=False,
+                                direction=None, step=None):
+        """(L(W, A; batch), grad_A L or with `weights_too` grad_(T, A) L) at W = T, or
+        W = T + step direction, one supernet stage at a time (stagewise.py): a forward keeping
+        the stage inputs, then a backward redoing each stage (W made inside each stage: no
+        whole perturbed copy of T). One stage's activations alive instead of a pass's, for one
+        more forward. Used by finite differences' perturbed passes and the diagnostic val pass
+        with --arch_product=layerwise. With trace_once one traced function per kind."""
+        def loss_gradient(weights, arch, images, labels, *perturbation):
+            stage_weights = None
+            if perturbation:
+                direction, step = perturbation
+                stage_weights = lambda i, value: value + step * direction[i]
+            outputs, checkpoints = stagewise.forward(self.teacher, weights, arch, images,
+                                                     stage_weights=stage_weights)
+            head = lambda outputs: lrn.teacher_seg_loss(outputs, labels, self.ignore_label)
+            weight_grads, arch_grads = stagewise.backward(
+                self.teacher, weights, arch, images, checkpoints, head, None, what,
+                stage_weights=stage_weights, weights_too=weights_too)
+            return head(outputs), (weight_grads if weights_too else []) + arch_grads
 
-        grads = self.teacher.traced("perturbed_arch_gradient", arch_gradient)(
-            list(weights), list(arch), list(direction), step, *batch)
-        return checked_gradients(grads, self.teacher.arch_names, what)
+        perturbation = () if direction is None else (list(direction), step)
+        loss, grads = self.teacher.traced(
+            ("stagewise_loss_gradient", weights_too, direction is None), loss_gradient)(
+            list(weights), list(arch), *batch, *perturbation)
+        names = (self.teacher.weight_names if weights_too else []) + self.teacher.arch_names
+        return loss, checked_gradients(grads, names, what)
 
     def recomputed_val_gradient(self, weights, arch, val_batch, images, checkpoints, probs_seed,
                                 what):
