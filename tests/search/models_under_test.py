@@ -17,6 +17,7 @@ from lbt_tf import config as config_lib
 from lbt_tf.config import SearchConfig
 from lbt_tf.models.deeplab import build_student
 from lbt_tf.models.fasterseg import build_supernet
+from lbt_tf.search import learner, unrolled
 from lbt_tf.search.lbt_model import LBTSearch
 from tests.search.stand_ins import build_tiny
 
@@ -52,6 +53,15 @@ def build(which, seed=0, cell_tracing=None):
     supernet.sample_widths = False
     student = build_student(config.student, NUM_CLASSES, (HEIGHT, WIDTH, 3))
     return supernet, student, NUM_CLASSES
+
+
+def teacher_problem(which, sample_widths):
+    """A teacher-only `SearchProblem` over `build(which)`'s supernet (shared cell functions),
+    widths Gumbel-sampled or not."""
+    supernet, _, _ = build(which, cell_tracing="shared")
+    supernet.sample_widths = sample_widths
+    return unrolled.SearchProblem(teacher=learner.Learner(supernet, supernet.arch_variables),
+                                  student=None, ignore_label=255)
 
 
 def stand_in_search_model(mode="lbt", hypergrad="exact", **overrides):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lbt_tf.search import layerwise, learner, unrolled
+from lbt_tf.search import layerwise
 from lbt_tf.search.reverse_over_reverse import symbolic_product
 from tests.search import models_under_test
 
@@ -18,11 +18,8 @@ def float64(keras_float64_module):
 
 
 def _case(which, sample_widths, seed=0):
-    supernet, _, num_classes = models_under_test.build(which, cell_tracing="shared")
-    supernet.sample_widths = sample_widths
-    problem = unrolled.SearchProblem(
-        teacher=learner.Learner(supernet, supernet.arch_variables), student=None,
-        ignore_label=255)
+    problem = models_under_test.teacher_problem(which, sample_widths)
+    num_classes = models_under_test.NUM_CLASSES
     rng = np.random.default_rng(seed)
     h, w = models_under_test.HEIGHT, models_under_test.WIDTH
     labels = rng.integers(0, num_classes, size=(2, h, w)).astype(np.int32)

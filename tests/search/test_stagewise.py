@@ -18,11 +18,7 @@ def float64(keras_float64_module):
 
 
 def _case(which, sample_widths, seed=0):
-    supernet, _, _ = models_under_test.build(which, cell_tracing="shared")
-    supernet.sample_widths = sample_widths
-    problem = unrolled.SearchProblem(
-        teacher=learner.Learner(supernet, supernet.arch_variables), student=None,
-        ignore_label=255)
+    problem = models_under_test.teacher_problem(which, sample_widths)
     rng = np.random.default_rng(seed)
     h, w = models_under_test.HEIGHT, models_under_test.WIDTH
     images = tf.constant(rng.normal(size=(2, h, w, 3)), tf.float64)
@@ -64,7 +60,8 @@ def test_stagewise_backward_equals_the_whole_pass_gradient(float64, which, sampl
 
 @pytest.mark.parametrize("graph", [False, True])
 @pytest.mark.parametrize("which,sample_widths", [("real", True), ("stand_in", False)])
-def test_perturbed_stagewise_gradient_equals_the_whole_pass_one(float64, which, sample_widths, graph):
+def test_perturbed_stagewise_gradient_equals_the_whole_pass_one(float64, which, sample_widths,
+                                                                 graph):
     """finite differences with --arch_product=layerwise: grad_A L(T + eps v) with T + eps v
     made one stage at a time equals it at a whole perturbed copy (both signs)."""
     problem, images, _ = _case(which, sample_widths)
