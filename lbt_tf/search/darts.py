@@ -45,9 +45,9 @@ def darts_hypergradient(products: MixedProducts, problem, teacher_weights, arch,
                         diagnose=None) -> ArchGradient:
     """Passes: the virtual steps, the student val backward, soft_product, the backward of
     L_t^val and P to (T', A) (v and grad_A's first terms: both passes together with kept
-    activations; with recompute_activations L_t^val's pass redone, then P's backward one stage
-at a time from its first forward's stage inputs),
-    arch_product. The stages run one after another (lrn.after)."""
+    activations; with recompute_activations L_t^val's pass redone, then P's backward one
+    stage at a time from its first forward's stage inputs), arch_product. The stages run one
+    after another (lrn.after)."""
     what = products.what
     new_teacher, reuse = problem.virtual_teacher_step(teacher_weights, arch, xi_t,
                                                       batches.teacher_train)
