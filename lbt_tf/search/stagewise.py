@@ -20,13 +20,14 @@ import tensorflow as tf
 from lbt_tf.search import learner as lrn
 
 
-def forward(learner, weights, arch, images, non_trainable=None, stage_weights=None):
+def forward(learner, weights, arch, images, stage_weights=None):
     """(the model's outputs, the inputs of stages 1 .. n-1 as values): one training forward.
     `stage_weights(i, value)`: weight i as the stages run with it (e.g. T + eps v), made where
     a stage first reads it, once that stage's input exists: such a copy exists one stage at a
     time."""
     model = learner.model
     stages = model.stages()
+    non_trainable = learner.non_trainable_values()  # read once for every stage
     with learner.stateless_scope(weights, arch, non_trainable):
         arch_inputs = model.arch_inputs()
     x, checkpoints = images, []
@@ -39,8 +40,8 @@ def forward(learner, weights, arch, images, non_trainable=None, stage_weights=No
     return x, checkpoints
 
 
-def backward(learner, weights, arch, images, checkpoints, head, seed, what,
-             non_trainable=None, stage_weights=None, weights_too=True):
+def backward(learner, weights, arch, images, checkpoints, head, seed, what, stage_weights=None,
+             weights_too=True):
     """d/d(weights, arch) of <seed, head(outputs)> (gradients as `tape.gradient` returns them:
     None for a weight without a path; seed None for a scalar head), the last stage first, each
     stage's forward redone from its checkpoint once the later stage's gradient exists
@@ -49,6 +50,7 @@ def backward(learner, weights, arch, images, checkpoints, head, seed, what,
     gradients computed)."""
     model = learner.model
     stages = model.stages()
+    non_trainable = learner.non_trainable_values()  # read once for every stage
     with tf.GradientTape() as arch_tape:
         arch_tape.watch(arch)
         with learner.stateless_scope(weights, arch, non_trainable):
