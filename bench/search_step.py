@@ -12,7 +12,9 @@ call (tracing the step function, the runtime instantiating it, one step) on a ba
 before it; compile_s: first_step_s - step_s, the trace and compile time (issue 13's target);
 first_step_cpu_s: the first call's process CPU time (tracing is one thread: on a loaded machine
 this is closer to the idle wall time); first_batch_s: the input pipeline's first batch (its
-start); build_mem_mb: the peak after building the models.
+start); build_mem_mb: the peak after building the models; first_step_peak_*: the peaks up to the
+end of the first step; steady_peak_*: the peaks over the later steps (no trace, no diagnostic
+split: what a long search holds after its start); peak_*: the larger.
 Memory: on GPU, TensorFlow's peak allocation (`get_memory_info`); on CPU the process's peak RSS
 and, as peak_tensor_mb, the peak of TensorFlow's own allocator (statistics kept with oneDNN,
 TensorFlow's default on x86, or TF_CPU_ALLOCATOR_USE_BFC=true): the tensors alone, what a GPU
@@ -54,11 +56,30 @@ MODES = {"fasterseg": ("fasterseg", "exact"), "lpt": ("lpt", "exact"),
 
 
 def peak_memory_mb():
-    """Peak GPU allocation (TensorFlow's) when there is a GPU, else the peak RSS."""
+    """Peak GPU allocation (TensorFlow's) when there is a GPU, else the peak RSS (since the
+    last `reset_peaks`)."""
     import tensorflow as tf
     if tf.config.list_physical_devices("GPU"):
         return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
+    with open("/proc/self/status") as f:  # VmHWM: the peak RSS, which clear_refs resets
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+def reset_peaks():
+    """Starts the peaks of `peak_memory_mb` and `peak_tensor_mb` again from the current
+    values (Linux's clear_refs for the peak RSS; TensorFlow's allocator statistics)."""
+    import tensorflow as tf
+    device = "GPU:0" if tf.config.list_physical_devices("GPU") else "CPU:0"
+    try:
+        tf.config.experimental.reset_memory_stats(device)
+    except ValueError:  # a CPU allocator without statistics
+        pass
+    if device == "CPU:0":
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
 
 
 def peak_tensor_mb():
@@ -102,16 +123,24 @@ def measure(config, steps):
         start, start_cpu = time.perf_counter(), time.process_time()
         run(first_batch)
         first_s, first_cpu_s = time.perf_counter() - start, time.process_time() - start_cpu
+        first_peaks = peak_memory_mb(), peak_tensor_mb()
+        # The steady peaks: over the later steps only (not the trace, the runtime's first-call
+        # work or step 0's diagnostic split, --arch_signal_every).
+        reset_peaks()
         run()
         times = []
         for _ in range(steps):
             start = time.perf_counter()
             run()
             times.append(time.perf_counter() - start)
+        steady_peaks = peak_memory_mb(), peak_tensor_mb()
     step_s = float(np.median(times))
     return {"step_s": step_s, "first_step_s": first_s, "compile_s": first_s - step_s,
             "first_step_cpu_s": first_cpu_s, "first_batch_s": first_batch_s,
-            "peak_mem_mb": peak_memory_mb(), "peak_tensor_mb": peak_tensor_mb(),
+            "peak_mem_mb": max(first_peaks[0], steady_peaks[0]),
+            "peak_tensor_mb": max(first_peaks[1], steady_peaks[1]),
+            "first_step_peak_mem_mb": first_peaks[0], "first_step_peak_tensor_mb": first_peaks[1],
+            "steady_peak_mem_mb": steady_peaks[0], "steady_peak_tensor_mb": steady_peaks[1],
             "build_mem_mb": build_mem,
             "traces": int(model.trace_count)}
 
@@ -205,20 +234,22 @@ def main(argv):
                                               f"{k}={v}" for k, v in result.items()), flush=True)
     lpt = results.get("lpt")
     print("\n| mode | step (s) | step / lpt | peak memory (GB) | memory / lpt "
-          "| peak tensors (GB) | tensors / lpt | first step (s) | trace + compile (s) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| peak tensors (GB) | tensors / lpt | steady peak memory (GB) | steady / lpt "
+          "| first step (s) | trace + compile (s) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
         def ratio(key):
             return r[key] / lpt[key] if lpt else float("nan")
         print(f"| {name} | {r['step_s']:.2f} | {ratio('step_s'):.2f} "
               f"| {r['peak_mem_mb'] / 1024:.1f} | {ratio('peak_mem_mb'):.2f} "
               f"| {r['peak_tensor_mb'] / 1024:.1f} | {ratio('peak_tensor_mb'):.2f} "
+              f"| {r['steady_peak_mem_mb'] / 1024:.1f} | {ratio('steady_peak_mem_mb'):.2f} "
               f"| {r['first_step_s']:.1f} | {r['compile_s']:.1f} |")
         if r["traces"] > 1:
             print(f"WARNING: {name} traced its step {r['traces']} times", file=sys.stderr)
     for name in flags.FLAGS.modes:
         if name not in results:
-            print(f"| {name} | failed or over --bench_max_rss_gb | | | | | | | |")
+            print(f"| {name} | failed or over --bench_max_rss_gb | | | | | | | | | |")
 
 
 if __name__ == "__main__":
