@@ -14,7 +14,8 @@ first_step_cpu_s: the first call's process CPU time (tracing is one thread: on a
 this is closer to the idle wall time); first_batch_s: the input pipeline's first batch (its
 start); build_mem_mb: the peak after building the models; first_step_peak_*: the peaks up to the
 end of the first step; steady_peak_*: the peaks over the later steps (no trace, no diagnostic
-split: what a long search holds after its start); peak_*: the larger.
+split: what a long search holds after its start); peak_*: the larger; rss_*_mb: the RSS after the
+last step by kind of mapping (rss_by_mapping_mb).
 Memory: on GPU, TensorFlow's peak allocation (`get_memory_info`); on CPU the process's peak RSS
 and, as peak_tensor_mb, the peak of TensorFlow's own allocator (statistics kept with oneDNN,
 TensorFlow's default on x86, or TF_CPU_ALLOCATOR_USE_BFC=true): the tensors alone, what a GPU
@@ -66,6 +67,28 @@ def peak_memory_mb():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024.0
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+def rss_by_mapping_mb(big_bytes=64 << 20):
+    """The current RSS (CPU, Linux) split by kind of mapping: `big_anonymous` (anonymous
+    mappings of at least `big_bytes`: the tensor allocator's regions, which it keeps once made,
+    and large numpy arrays), `anonymous` (the rest: malloc's arenas, Python's objects, graphs),
+    `files` (mapped libraries and files)."""
+    totals = {"big_anonymous": 0.0, "anonymous": 0.0, "files": 0.0}
+    kind = None
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            fields = line.split()
+            if "-" in fields[0] and not fields[0].endswith(":"):  # a mapping's header line
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                path = fields[5] if len(fields) > 5 else ""
+                if path and not path.startswith("["):
+                    kind = "files"
+                else:
+                    kind = "big_anonymous" if end - start >= big_bytes else "anonymous"
+            elif fields[0] == "Rss:":
+                totals[kind] += int(fields[1]) / 1024.0
+    return totals
 
 
 def reset_peaks():
@@ -134,6 +157,7 @@ def measure(config, steps):
             run()
             times.append(time.perf_counter() - start)
         steady_peaks = peak_memory_mb(), peak_tensor_mb()
+        rss_parts = rss_by_mapping_mb()
     step_s = float(np.median(times))
     return {"step_s": step_s, "first_step_s": first_s, "compile_s": first_s - step_s,
             "first_step_cpu_s": first_cpu_s, "first_batch_s": first_batch_s,
@@ -142,6 +166,7 @@ def measure(config, steps):
             "first_step_peak_mem_mb": first_peaks[0], "first_step_peak_tensor_mb": first_peaks[1],
             "steady_peak_mem_mb": steady_peaks[0], "steady_peak_tensor_mb": steady_peaks[1],
             "build_mem_mb": build_mem,
+            **{f"rss_{kind}_mb": value for kind, value in rss_parts.items()},
             "traces": int(model.trace_count)}
 
 
