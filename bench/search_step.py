@@ -10,6 +10,8 @@ Prints one line per mode and a table:
 step_s: median over `--bench_steps` (>= 3) steps after one untimed step; first_step_s: the first
 call (tracing the step function, the runtime instantiating it, one step) on a batch fetched
 before it; compile_s: first_step_s - step_s, the trace and compile time (issue 13's target);
+trace_s: of it the trace of the step (Python building its graph: `LBTSearch.trace_seconds`;
+the rest of compile_s is the runtime's first-call work, instantiating the graph's functions);
 first_step_cpu_s: the first call's process CPU time (tracing is one thread: on a loaded machine
 this is closer to the idle wall time); first_batch_s: the input pipeline's first batch (its
 start); build_mem_mb: the peak after building the models; first_step_peak_*: the peaks up to the
@@ -69,12 +71,13 @@ def peak_memory_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
-def rss_by_mapping_mb(big_bytes=64 << 20):
-    """The current RSS (CPU, Linux) split by kind of mapping: `big_anonymous` (anonymous
-    mappings of at least `big_bytes`: the tensor allocator's regions, which it keeps once made,
-    and large numpy arrays), `anonymous` (the rest: malloc's arenas, Python's objects, graphs),
+def rss_by_mapping_mb(big_bytes=128 << 20):
+    """The current RSS (CPU, Linux) split by kind of mapping: `heap` (malloc's main arena: the
+    graphs, Python's large objects, smaller tensor regions), `big_anonymous` (other anonymous
+    mappings of at least `big_bytes`: the tensor allocator's regions, which it keeps once
+    made), `anonymous` (the rest: other malloc arenas, 64 MiB each, Python's object arenas),
     `files` (mapped libraries and files)."""
-    totals = {"big_anonymous": 0.0, "anonymous": 0.0, "files": 0.0}
+    totals = {"heap": 0.0, "big_anonymous": 0.0, "anonymous": 0.0, "files": 0.0}
     kind = None
     with open("/proc/self/smaps") as f:
         for line in f:
@@ -82,7 +85,9 @@ def rss_by_mapping_mb(big_bytes=64 << 20):
             if "-" in fields[0] and not fields[0].endswith(":"):  # a mapping's header line
                 start, end = (int(x, 16) for x in fields[0].split("-"))
                 path = fields[5] if len(fields) > 5 else ""
-                if path and not path.startswith("["):
+                if path == "[heap]":
+                    kind = "heap"
+                elif path and not path.startswith("["):
                     kind = "files"
                 else:
                     kind = "big_anonymous" if end - start >= big_bytes else "anonymous"
@@ -160,6 +165,7 @@ def measure(config, steps):
         rss_parts = rss_by_mapping_mb()
     step_s = float(np.median(times))
     return {"step_s": step_s, "first_step_s": first_s, "compile_s": first_s - step_s,
+            "trace_s": model.trace_seconds,
             "first_step_cpu_s": first_cpu_s, "first_batch_s": first_batch_s,
             "peak_mem_mb": max(first_peaks[0], steady_peaks[0]),
             "peak_tensor_mb": max(first_peaks[1], steady_peaks[1]),
@@ -260,8 +266,8 @@ def main(argv):
     lpt = results.get("lpt")
     print("\n| mode | step (s) | step / lpt | peak memory (GB) | memory / lpt "
           "| peak tensors (GB) | tensors / lpt | steady peak memory (GB) | steady / lpt "
-          "| first step (s) | trace + compile (s) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| first step (s) | trace + compile (s) | of it trace (s) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
         def ratio(key):
             return r[key] / lpt[key] if lpt else float("nan")
@@ -269,12 +275,12 @@ def main(argv):
               f"| {r['peak_mem_mb'] / 1024:.1f} | {ratio('peak_mem_mb'):.2f} "
               f"| {r['peak_tensor_mb'] / 1024:.1f} | {ratio('peak_tensor_mb'):.2f} "
               f"| {r['steady_peak_mem_mb'] / 1024:.1f} | {ratio('steady_peak_mem_mb'):.2f} "
-              f"| {r['first_step_s']:.1f} | {r['compile_s']:.1f} |")
+              f"| {r['first_step_s']:.1f} | {r['compile_s']:.1f} | {r['trace_s']:.1f} |")
         if r["traces"] > 1:
             print(f"WARNING: {name} traced its step {r['traces']} times", file=sys.stderr)
     for name in flags.FLAGS.modes:
         if name not in results:
-            print(f"| {name} | failed or over --bench_max_rss_gb | | | | | | | | | |")
+            print(f"| {name} | failed or over --bench_max_rss_gb | | | | | | | | | | |")
 
 
 if __name__ == "__main__":

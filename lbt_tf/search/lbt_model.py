@@ -24,6 +24,7 @@ xi of the virtual steps is always the optimizer's current learning rate.
 """
 from __future__ import annotations
 
+import time
 from typing import Optional
 
 import keras
@@ -66,6 +67,7 @@ class LBTSearch(keras.Model):
         self.phase = names.PHASES[0]
         self.trace_count = 0
         self.traces_since_build = 0  # of the current step function
+        self.trace_seconds = None  # the last trace of the step (Python building its graph)
         trace_once = resolve_trace_once(cfg, self.mode)
         self.teacher_learner = lrn.Learner(supernet, supernet.arch_variables, trace_once)
         self.student_learner = (lrn.Learner(student, trace_once=trace_once)
@@ -296,8 +298,14 @@ class LBTSearch(keras.Model):
     def train_step(self, data):
         # Traced with call ops that skip shape inference into their callees (call_shapes.py:
         # the same graph, a faster trace).
+        start = time.perf_counter()
         with call_shapes.skipped():
-            return self._search_step(data)
+            logs = self._search_step(data)
+        if not tf.executing_eagerly():  # runs once per trace: minutes at the paper's size
+            self.trace_seconds = time.perf_counter() - start
+            logging.info("search step traced in %.1f s; its first call instantiates it next",
+                         self.trace_seconds)
+        return logs
 
     def _search_step(self, data):
         self.trace_count += 1  # Python side effect: runs once per trace
