@@ -33,6 +33,7 @@ def test_search_epoch_updates_arch_and_weights(mode, hypergrad):
     assert int(model.skipped_steps.numpy()) == 0
     # one trace per phase: the step is not retraced every batch
     assert model.trace_count <= 2
+    assert model.trace_seconds > 0  # timed where it was traced (logged, bench/search_step.py)
     # lr decays per epoch: epoch 1 -> lr0 * decay
     np.testing.assert_allclose(float(model.teacher_optimizer.learning_rate.numpy()),
                                0.01 * 0.97, rtol=1e-6)
