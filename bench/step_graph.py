@@ -3,7 +3,8 @@
     python bench/step_graph.py --flagfile=configs/cityscapes_search.flags --data_source=synthetic \
         --graph_mode=lbt-finite_difference [--top=20]
 
-Traces the search step (the model's `train_step` in a `tf.function`, on one batch; not run) and
+Traces the search step (the model's `train_step` in a `tf.function`, in the config's strategy as
+Keras runs it, on one batch; not run) and
 prints, per kind of function (its name without TensorFlow's prefixes and numeric suffixes; a
 gradient's forward and backward variants apart): how many there are, their nodes, and how many
 call sites the step's functions have for them. The graph is what the first step pays for twice:
@@ -116,7 +117,10 @@ def main(argv):
         batch = next(iter(train))
         print("tracing the step ...", flush=True)
         start = time.perf_counter()
-        concrete = tf.function(model.train_step).get_concrete_function(batch)
+        strategy = tf.distribute.get_strategy()  # the step runs in a replica, as Keras' does
+        concrete = tf.function(
+            lambda data: strategy.run(model.train_step, args=(data,))
+        ).get_concrete_function(batch)
         print(f"traced in {time.perf_counter() - start:.1f} s", flush=True)
         graph_def = concrete.graph.as_graph_def()
     rows, totals = graph_summary(graph_def)
