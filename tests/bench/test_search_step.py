@@ -1,0 +1,34 @@
+"""bench/search_step.py's memory readings: the peak RSS restarts at `reset_peaks`, and a large
+array shows in the RSS of big anonymous mappings (the kind the tensor allocator's regions are)."""
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "bench"))
+import search_step  # noqa: E402
+
+
+def test_peak_rss_restarts_at_reset():
+    array = np.ones(300 << 17)  # 300 MiB, touched
+    del array
+    high = search_step.peak_memory_mb()
+    search_step.reset_peaks()
+    low = search_step.peak_memory_mb()
+    assert high - low > 250
+    array = np.ones(100 << 17)  # 100 MiB: the new peak counts it
+    assert search_step.peak_memory_mb() - low > 80
+    del array
+
+
+def test_rss_by_mapping_counts_a_large_array_as_big_anonymous():
+    before = search_step.rss_by_mapping_mb()
+    array = np.ones(256 << 17)  # 256 MiB, one anonymous mapping
+    after = search_step.rss_by_mapping_mb()
+    assert set(after) == {"heap", "big_anonymous", "anonymous", "files"}
+    assert 240 < after["big_anonymous"] - before["big_anonymous"] < 272
+    assert abs(after["anonymous"] - before["anonymous"]) < 32
+    assert after["files"] > 0
+    del array
