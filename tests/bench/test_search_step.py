@@ -23,6 +23,16 @@ def test_peak_rss_restarts_at_reset():
     del array
 
 
+def test_peak_tensors_restart_at_reset():
+    import tensorflow as tf
+    x = tf.ones((64, 1024, 1024))  # 256 MiB through TensorFlow's allocator
+    y = x * 2.0
+    del x, y
+    assert search_step.peak_tensor_mb() >= 512
+    search_step.reset_peaks()
+    assert search_step.peak_tensor_mb() < 64
+
+
 def test_rss_by_mapping_counts_a_large_array_as_big_anonymous():
     before = search_step.rss_by_mapping_mb()
     array = np.ones(256 << 17)  # 256 MiB, one anonymous mapping
