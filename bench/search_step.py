@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -64,11 +63,8 @@ def peak_memory_mb():
     import tensorflow as tf
     if tf.config.list_physical_devices("GPU"):
         return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
-    with open("/proc/self/status") as f:  # VmHWM: the peak RSS, which clear_refs resets
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+    with open("/proc/self/status") as f:  # VmHWM (KiB): the peak RSS, which clear_refs resets
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024.0
 
 
 def rss_by_mapping_mb(big_bytes=128 << 20):

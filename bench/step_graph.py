@@ -36,9 +36,6 @@ from search_step import MODES  # noqa: E402  (the bench's mode names)
 flags.DEFINE_enum("graph_mode", "lbt-finite_difference", list(MODES), "The mode to trace.")
 flags.DEFINE_integer("top", 20, "Kinds of function to print (largest first).")
 
-CALL_OPS = ("PartitionedCall", "StatefulPartitionedCall")
-
-
 def function_kind(name):
     """A function's name without TensorFlow's prefix and numeric suffixes, its gradient
     variant kept: '__inference_loss_gradient_1234' -> 'loss_gradient',
@@ -54,32 +51,34 @@ def function_kind(name):
     return variant + re.sub(r"(_\d+)+$", "", name)
 
 
-def callees(nodes):
-    """The function names called by these NodeDefs (call ops' `f`, or a node whose op is a
-    function), one entry per call site."""
+def callees(nodes, library):
+    """The names of `library`'s functions called by these NodeDefs, one entry per call site:
+    a node whose op is a library function, or its function-valued attributes (call ops' `f`,
+    control-flow branches), as TensorFlow's clustering pass finds them."""
     names = []
     for node in nodes:
-        if node.op in CALL_OPS:
-            names.append(node.attr["f"].func.name)
-        else:
-            for value in node.attr.values():
-                if value.HasField("func"):
-                    names.append(value.func.name)
-    return names
+        if node.op in library:
+            names.append(node.op)
+            continue
+        for value in node.attr.values():
+            if value.HasField("func"):
+                names.append(value.func.name)
+            elif value.HasField("list"):
+                names.extend(f.name for f in value.list.func)
+    return [name for name in names if name in library]
 
 
 def graph_summary(graph_def):
     """(rows per kind: [kind, functions, nodes, call sites], totals dict) of a GraphDef with
     its function library."""
     bodies = {f.signature.name: f.node_def for f in graph_def.library.function}
-    calls = {name: [c for c in callees(body) if c in bodies] for name, body in bodies.items()}
-    step_calls = [c for c in callees(graph_def.node) if c in bodies]
+    calls = {name: callees(body, bodies) for name, body in bodies.items()}
+    step_calls = callees(graph_def.node, bodies)
 
     @functools.lru_cache(maxsize=None)
     def tree(name):  # nodes reached by calling `name`, callees included, per call
         return len(bodies[name]) + sum(tree(c) for c in calls[name])
 
-    sys.setrecursionlimit(max(10000, sys.getrecursionlimit()))
     sites = collections.Counter(step_calls)
     for called in calls.values():
         sites.update(called)
