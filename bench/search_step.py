@@ -16,8 +16,12 @@ first_step_cpu_s: the first call's process CPU time (tracing is one thread: on a
 this is closer to the idle wall time); first_batch_s: the input pipeline's first batch (its
 start); build_mem_mb: the peak after building the models; first_step_peak_*: the peaks up to the
 end of the first step; steady_peak_*: the peaks over the later steps (no trace, no diagnostic
-split: what a long search holds after its start); peak_*: the larger; rss_*_mb: the RSS after the
-last step by kind of mapping (rss_by_mapping_mb).
+split: what a long search holds after its start); where the mode splits grad_A F
+(--arch_signal_every, lbt), two more steps with the split: diagnostic_first_step_s (the runtime
+instantiates the split's branch there: the first step does not run it),
+diagnostic_step_s, diagnostic_compile_s (their difference: the split's one-time cost, after the
+first step's) and diagnostic_peak_* (over both); peak_*: the largest; rss_*_mb: the RSS after
+the last step by kind of mapping (rss_by_mapping_mb).
 Memory: on GPU, TensorFlow's peak allocation (`get_memory_info`); on CPU the process's peak RSS
 and, as peak_tensor_mb, the peak of TensorFlow's own allocator (statistics kept with oneDNN,
 TensorFlow's default on x86, or TF_CPU_ALLOCATOR_USE_BFC=true): the tensors alone, what a GPU
@@ -148,8 +152,8 @@ def measure(config, steps):
         run(first_batch)
         first_s, first_cpu_s = time.perf_counter() - start, time.process_time() - start_cpu
         first_peaks = peak_memory_mb(), peak_tensor_mb()
-        # The steady peaks: over the later steps only (not the trace, the runtime's first-call
-        # work or step 0's diagnostic split, --arch_signal_every).
+        # The steady peaks: over the later steps only (not the trace or the runtime's
+        # first-call work; none of them splits grad_A F unless --arch_signal_every=1).
         reset_peaks()
         run()
         times = []
@@ -158,16 +162,35 @@ def measure(config, steps):
             run()
             times.append(time.perf_counter() - start)
         steady_peaks = peak_memory_mb(), peak_tensor_mb()
+        diagnostic = {}
+        if model.next_diagnostic_arch_step() is not None:
+            # The diagnostic split (--arch_signal_every) on two steps of its own: the first
+            # instantiates its branch (which the first step did not run), the second is steady.
+            reset_peaks()
+            diagnostic_times = []
+            for _ in range(2):
+                model.arch_steps.assign(model.next_diagnostic_arch_step())
+                start = time.perf_counter()
+                run()
+                diagnostic_times.append(time.perf_counter() - start)
+            diagnostic = {"diagnostic_first_step_s": diagnostic_times[0],
+                          "diagnostic_step_s": diagnostic_times[1],
+                          "diagnostic_compile_s": diagnostic_times[0] - diagnostic_times[1],
+                          "diagnostic_peak_mem_mb": peak_memory_mb(),
+                          "diagnostic_peak_tensor_mb": peak_tensor_mb()}
         rss_parts = rss_by_mapping_mb()
     step_s = float(np.median(times))
     return {"step_s": step_s, "first_step_s": first_s, "compile_s": first_s - step_s,
             "trace_s": model.trace_seconds,
             "first_step_cpu_s": first_cpu_s, "first_batch_s": first_batch_s,
-            "peak_mem_mb": max(first_peaks[0], steady_peaks[0]),
-            "peak_tensor_mb": max(first_peaks[1], steady_peaks[1]),
+            "peak_mem_mb": max(first_peaks[0], steady_peaks[0],
+                               diagnostic.get("diagnostic_peak_mem_mb", 0.0)),
+            "peak_tensor_mb": max(first_peaks[1], steady_peaks[1],
+                                  diagnostic.get("diagnostic_peak_tensor_mb", 0.0)),
             "first_step_peak_mem_mb": first_peaks[0], "first_step_peak_tensor_mb": first_peaks[1],
             "steady_peak_mem_mb": steady_peaks[0], "steady_peak_tensor_mb": steady_peaks[1],
             "build_mem_mb": build_mem,
+            **diagnostic,
             **{f"rss_{kind}_mb": value for kind, value in rss_parts.items()},
             "traces": int(model.trace_count)}
 
@@ -262,8 +285,9 @@ def main(argv):
     lpt = results.get("lpt")
     print("\n| mode | step (s) | step / lpt | peak memory (GB) | memory / lpt "
           "| peak tensors (GB) | tensors / lpt | steady peak memory (GB) | steady / lpt "
-          "| first step (s) | trace + compile (s) | of it trace (s) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| first step (s) | trace + compile (s) | of it trace (s) "
+          "| diagnostic step (s) | its first-call extra (s) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
         def ratio(key):
             return r[key] / lpt[key] if lpt else float("nan")
@@ -271,12 +295,14 @@ def main(argv):
               f"| {r['peak_mem_mb'] / 1024:.1f} | {ratio('peak_mem_mb'):.2f} "
               f"| {r['peak_tensor_mb'] / 1024:.1f} | {ratio('peak_tensor_mb'):.2f} "
               f"| {r['steady_peak_mem_mb'] / 1024:.1f} | {ratio('steady_peak_mem_mb'):.2f} "
-              f"| {r['first_step_s']:.1f} | {r['compile_s']:.1f} | {r['trace_s']:.1f} |")
+              f"| {r['first_step_s']:.1f} | {r['compile_s']:.1f} | {r['trace_s']:.1f} "
+              f"| {r.get('diagnostic_step_s', float('nan')):.2f} "
+              f"| {r.get('diagnostic_compile_s', float('nan')):.1f} |")
         if r["traces"] > 1:
             print(f"WARNING: {name} traced its step {r['traces']} times", file=sys.stderr)
     for name in flags.FLAGS.modes:
         if name not in results:
-            print(f"| {name} | failed or over --bench_max_rss_gb | | | | | | | | | | |")
+            print(f"| {name} | failed or over --bench_max_rss_gb | | | | | | | | | | | | |")
 
 
 if __name__ == "__main__":

@@ -166,9 +166,10 @@ class LBTSearch(keras.Model):
         values the update started from, else None)."""
         teacher, student = self.teacher_learner, self.student_learner
         cfg = self.search_config
-        every = cfg.arch_signal_every
-        diagnose = (tf.equal(self.arch_steps.value % every, 0)
-                    if every > 0 and self.mode not in names.FIRST_ORDER_MODES else None)
+        diagnose = None
+        if self.diagnostic_every is not None:
+            diagnose = tf.equal(self.arch_steps.value % self.diagnostic_every,
+                                self.diagnostic_every - 1)
         arch_t = teacher.arch_values()  # values as read now: the update does not change them
         result = self.problem.arch_gradient(
             self.mode, self.hypergrad, teacher.weight_values(), arch_t,
@@ -200,6 +201,25 @@ class LBTSearch(keras.Model):
                                       student_stats=reuse.student_stats)
         return finite, reuse, (arch_t if reuse is not None and cfg.reuse_step_gradients
                                else None)
+
+    @property
+    def diagnostic_every(self):
+        """N of --arch_signal_every where this mode splits grad_A F (lbt), else None. The split
+        runs on the last arch step of every N (9, 19, ... for 10), not the first: step 0, the
+        one that traces and instantiates the step, is then a plain step, and the split's branch
+        (one more val pass and teacher product) is instantiated where it first runs (the
+        runtime instantiates a function where its call op first runs; bench/search_step.py
+        times that first diagnostic step on its own)."""
+        every = self.search_config.arch_signal_every
+        return every if every > 0 and self.mode not in names.FIRST_ORDER_MODES else None
+
+    def next_diagnostic_arch_step(self):
+        """The first arch step from now (arch_steps) that splits grad_A F; None without."""
+        every = self.diagnostic_every
+        if every is None:
+            return None
+        step = int(self.arch_steps.numpy())
+        return step + (every - 1 - step % every)
 
     def _log_signals(self, grads, terms, finite, diagnose):
         """ARCH_SIGNALS of this step; the val split only on diagnostic steps."""

@@ -74,7 +74,8 @@ def test_consecutive_counter_resets_after_a_finite_step():
 
 @pytest.mark.parametrize("hypergrad", ["exact", "finite_difference"])
 def test_progress_line_shows_the_phase_and_history_gets_the_arch_signals(capsys, hypergrad):
-    model = stand_in_search_model("lbt", hypergrad, warmup_epochs=1)
+    # the split on the second of the two search steps
+    model = stand_in_search_model("lbt", hypergrad, warmup_epochs=1, arch_signal_every=2)
     schedule = search_callbacks.EpochSchedule(model.search_config)
     history = model.fit(search_dataset(2), epochs=2, verbose=1, shuffle=False,
                         callbacks=[schedule, search_callbacks.PhaseProgbar()]).history
@@ -89,6 +90,23 @@ def test_progress_line_shows_the_phase_and_history_gets_the_arch_signals(capsys,
     assert all(value > 0 for value in norms.values()), norms
     assert -1.0 <= history["arch_grad_cosine"][-1] <= 1.0
     assert history["arch_grad_cosine"][-1] != 0.0   # the second step had a previous gradient
+
+
+def test_the_split_runs_on_the_last_of_every_n_arch_steps_not_the_first():
+    """Arch step 0 (the one that traces and instantiates the step) does not split grad_A F;
+    steps N-1, 2N-1, ... do."""
+    model = stand_in_search_model("lbt", "finite_difference", warmup_epochs=0,
+                                  arch_signal_every=3)
+    schedule = search_callbacks.EpochSchedule(model.search_config)
+    assert model.next_diagnostic_arch_step() == 2
+    split = []
+    for epoch in range(2):  # arch steps 0-1, then 2-3
+        history = model.fit(search_dataset(2), epochs=epoch + 1, initial_epoch=epoch,
+                            callbacks=[schedule], verbose=0, shuffle=False).history
+        split.append(history["arch_grad_norm_teacher_val"][-1])
+    assert split[0] == 0.0 and split[1] > 0, split   # a mean over no step reads 0
+    assert model.next_diagnostic_arch_step() == 5
+    assert stand_in_search_model("lpt").next_diagnostic_arch_step() is None  # no split there
 
 
 @pytest.mark.parametrize("which", MODELS)
