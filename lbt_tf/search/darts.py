@@ -10,7 +10,8 @@ forward-over-reverse, exact; finite_difference.py: central differences). The cha
                     + lambda_lat grad_A Lat(A)
 With exact products this is exact: one unrolled step has no other second-order term.
 Where `diagnose` is true the teacher term alone, grad_A L(T', A; D_t^val) - xi_t h_A(v_teacher)
-with v_teacher = grad_{T'} L(T', A; D_t^val), costs one more val backward and arch_product.
+with v_teacher = grad_{T'} L(T', A; D_t^val), costs one more val backward and arch_product
+(with recompute_activations the val backward is the main one's function, P's seed zero).
 """
 from __future__ import annotations
 
@@ -124,7 +125,15 @@ def darts_hypergradient(products: MixedProducts, problem, teacher_weights, arch,
             else:
                 t_prime = lrn.axpy(-xi_t, reuse.teacher_grads, teacher_weights)
             what_val_teacher = f"{what}: grad_(T', A) L_t^val"
-            if problem.arch_product == "layerwise":  # one stage's activations beside T', v
+            if checkpoints is not None:
+                # The main val pass's function with a zero seed for P (its term adds exact
+                # zeros): no val function of the split's own in the step's graph, whose trace
+                # and instantiation cost the first step more than P's extra backward costs a
+                # diagnostic step (README, "Seventeenth session").
+                val = problem.recomputed_val_gradient(
+                    t_prime, arch, batches.teacher_val, batches.unlabeled, checkpoints,
+                    tf.zeros_like(probs_seed), what_val_teacher)[1]
+            elif problem.arch_product == "layerwise":  # one stage's activations beside T', v
                 val = problem.stagewise_loss_gradient(t_prime, arch, batches.teacher_val,
                                                       what_val_teacher, weights_too=True)[1]
             else:

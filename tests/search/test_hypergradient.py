@@ -226,10 +226,13 @@ def test_none_gradient_raises_naming_the_variable():
 
 
 @pytest.mark.parametrize("hypergrad", names.HYPERGRADS)
-def test_gradient_terms_split_the_hypergradient(float64, hypergrad):
+@pytest.mark.parametrize("recompute", [False, True])
+def test_gradient_terms_split_the_hypergradient(float64, hypergrad, recompute):
     """On a diagnostic step the teacher-val term is the hypergradient without student and
-    latency, and teacher val + student val + latency terms sum to grad_A F."""
+    latency, and teacher val + student val + latency terms sum to grad_A F (with
+    recompute_activations the term's val pass is the main one's function, P's seed zero)."""
     problem, num_classes = _problem(which="stand_in")
+    problem.recompute_activations = recompute
     batches = _batches(num_classes)
     weights = (problem.teacher.weight_values(), problem.teacher.arch_values(),
                problem.student.weight_values(), XI_T, XI_S)
