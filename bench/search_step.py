@@ -17,11 +17,11 @@ this is closer to the idle wall time); first_batch_s: the input pipeline's first
 start); build_mem_mb: the peak after building the models; first_step_peak_*: the peaks up to the
 end of the first step; steady_peak_*: the peaks over the later steps (no trace, no diagnostic
 split: what a long search holds after its start); where the mode splits grad_A F
-(--arch_signal_every, lbt), two more steps with the split: diagnostic_first_step_s (the runtime
-instantiates the split's branch there: the first step does not run it),
-diagnostic_step_s, diagnostic_compile_s (their difference: the split's one-time cost, after the
-first step's) and diagnostic_peak_* (over both); peak_*: the largest; rss_*_mb: the RSS after
-the last step by kind of mapping (rss_by_mapping_mb).
+(--arch_signal_every, lbt), two more steps with the split: diagnostic_first_step_s (the split's
+first run: the first step does not run it), diagnostic_step_s, diagnostic_compile_s (their
+difference: what the split's first run costs beyond the first step's work) and
+diagnostic_peak_* (over both); peak_*: the largest; rss_*_mb: the RSS after the last step by
+kind of mapping (rss_by_mapping_mb).
 Memory: on GPU, TensorFlow's peak allocation (`get_memory_info`); on CPU the process's peak RSS
 and, as peak_tensor_mb, the peak of TensorFlow's own allocator (statistics kept with oneDNN,
 TensorFlow's default on x86, or TF_CPU_ALLOCATOR_USE_BFC=true): the tensors alone, what a GPU
@@ -164,8 +164,8 @@ def measure(config, steps):
         steady_peaks = peak_memory_mb(), peak_tensor_mb()
         diagnostic = {}
         if model.next_diagnostic_arch_step() is not None:
-            # The diagnostic split (--arch_signal_every) on two steps of its own: the first
-            # instantiates its branch (which the first step did not run), the second is steady.
+            # The diagnostic split (--arch_signal_every) on two steps of its own: its first run
+            # (the first step did not run it) and a steady one.
             reset_peaks()
             diagnostic_times = []
             for _ in range(2):

@@ -206,10 +206,10 @@ class LBTSearch(keras.Model):
     def diagnostic_every(self):
         """N of --arch_signal_every where this mode splits grad_A F (lbt), else None. The split
         runs on the last arch step of every N (9, 19, ... for 10), not the first: step 0, the
-        one that traces and instantiates the step, is then a plain step, and the split's branch
-        (one more val pass and teacher product) is instantiated where it first runs (the
-        runtime instantiates a function where its call op first runs; bench/search_step.py
-        times that first diagnostic step on its own)."""
+        one that traces and instantiates the step, then does not also compute the split (one
+        more val pass and teacher product). Its branch is still traced and instantiated with
+        the step (paper setting: the first diagnostic step is 1-3 s slower than the next;
+        bench/search_step.py times both)."""
         every = self.search_config.arch_signal_every
         return every if every > 0 and self.mode not in names.FIRST_ORDER_MODES else None
 
