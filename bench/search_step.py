@@ -18,7 +18,7 @@ start); build_mem_mb: the peak after building the models; first_step_peak_*: the
 end of the first step; steady_peak_*: the peaks over the later steps (no trace, no diagnostic
 split: what a long search holds after its start); where the mode splits grad_A F
 (--arch_signal_every, lbt), two more steps with the split: diagnostic_first_step_s (the split's
-first run: the first step does not run it), diagnostic_step_s, diagnostic_compile_s (their
+first run: the first step does not run it), diagnostic_step_s, diagnostic_first_extra_s (their
 difference: what the split's first run costs beyond the first step's work) and
 diagnostic_peak_* (over both); peak_*: the largest; rss_*_mb: the RSS after the last step by
 kind of mapping (rss_by_mapping_mb).
@@ -175,7 +175,7 @@ def measure(config, steps):
                 diagnostic_times.append(time.perf_counter() - start)
             diagnostic = {"diagnostic_first_step_s": diagnostic_times[0],
                           "diagnostic_step_s": diagnostic_times[1],
-                          "diagnostic_compile_s": diagnostic_times[0] - diagnostic_times[1],
+                          "diagnostic_first_extra_s": diagnostic_times[0] - diagnostic_times[1],
                           "diagnostic_peak_mem_mb": peak_memory_mb(),
                           "diagnostic_peak_tensor_mb": peak_tensor_mb()}
         rss_parts = rss_by_mapping_mb()
@@ -297,7 +297,7 @@ def main(argv):
               f"| {r['steady_peak_mem_mb'] / 1024:.1f} | {ratio('steady_peak_mem_mb'):.2f} "
               f"| {r['first_step_s']:.1f} | {r['compile_s']:.1f} | {r['trace_s']:.1f} "
               f"| {r.get('diagnostic_step_s', float('nan')):.2f} "
-              f"| {r.get('diagnostic_compile_s', float('nan')):.1f} |")
+              f"| {r.get('diagnostic_first_extra_s', float('nan')):.1f} |")
         if r["traces"] > 1:
             print(f"WARNING: {name} traced its step {r['traces']} times", file=sys.stderr)
     for name in flags.FLAGS.modes:

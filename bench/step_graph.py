@@ -94,8 +94,7 @@ def graph_summary(graph_def):
         "functions": len(bodies),
         "function_nodes": sum(len(b) for b in bodies.values()),
         "call_sites": sum(sites.values()),
-        "call_tree_nodes": (sum(tree(c) for c in step_calls)
-                            + sum(tree(c) for called in calls.values() for c in called)),
+        "call_tree_nodes": sum(tree(name) * count for name, count in sites.items()),
     }
     return rows, totals
 

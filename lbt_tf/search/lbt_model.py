@@ -166,10 +166,8 @@ class LBTSearch(keras.Model):
         values the update started from, else None)."""
         teacher, student = self.teacher_learner, self.student_learner
         cfg = self.search_config
-        diagnose = None
-        if self.diagnostic_every is not None:
-            diagnose = tf.equal(self.arch_steps.value % self.diagnostic_every,
-                                self.diagnostic_every - 1)
+        every = self.diagnostic_every
+        diagnose = None if every is None else tf.equal(self.arch_steps.value % every, every - 1)
         arch_t = teacher.arch_values()  # values as read now: the update does not change them
         result = self.problem.arch_gradient(
             self.mode, self.hypergrad, teacher.weight_values(), arch_t,
