@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from lbt_tf.config import SearchConfig
 from lbt_tf.search import callbacks as search_callbacks
@@ -94,7 +95,8 @@ def test_progress_line_shows_the_phase_and_history_gets_the_arch_signals(capsys,
 
 def test_the_split_runs_on_the_last_of_every_n_arch_steps_not_the_first():
     """Arch step 0 (the one that traces and instantiates the step) does not split grad_A F;
-    steps N-1, 2N-1, ... do."""
+    steps N-1, 2N-1, ... do, with the teacher term the train function computed for that step
+    by a function of its own; the step is traced once."""
     model = stand_in_search_model("lbt", "finite_difference", warmup_epochs=0,
                                   arch_signal_every=3)
     schedule = search_callbacks.EpochSchedule(model.search_config)
@@ -105,6 +107,10 @@ def test_the_split_runs_on_the_last_of_every_n_arch_steps_not_the_first():
                             callbacks=[schedule], verbose=0, shuffle=False).history
         split.append(history["arch_grad_norm_teacher_val"][-1])
     assert split[0] == 0.0 and split[1] > 0, split   # a mean over no step reads 0
+    assert int(model.teacher_term_arch_step.numpy()) == 2
+    np.testing.assert_allclose(split[1], float(tf.linalg.global_norm(
+        [v.value for v in model.teacher_term_values])), rtol=1e-5)
+    assert model.trace_count == 1 and model.teacher_term_trace_seconds is not None
     assert model.next_diagnostic_arch_step() == 5
     assert stand_in_search_model("lpt").next_diagnostic_arch_step() is None  # no split there
 

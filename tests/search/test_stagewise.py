@@ -155,11 +155,11 @@ def test_layerwise_hypergradient_and_its_teacher_term_equal_the_whole_pass_ones(
             student=learner.Learner(student, trace_once=True), ignore_label=255,
             pseudo_label_weight=0.7, recompute_activations=True, arch_product=arch_product)
         def step():
-            result = problem.arch_gradient(
-                "lbt", hypergrad, problem.teacher.weight_values(), problem.teacher.arch_values(),
-                problem.student.weight_values(), 0.01, 0.01, 0.0, batches,
-                diagnose=tf.constant(True))
-            return result.grads, result.terms["teacher_val"]
+            weights, arch = problem.teacher.weight_values(), problem.teacher.arch_values()
+            result = problem.arch_gradient("lbt", hypergrad, weights, arch,
+                                           problem.student.weight_values(), 0.01, 0.01, 0.0,
+                                           batches)
+            return result.grads, problem.teacher_term(hypergrad, weights, arch, 0.01, batches)
 
         results.append(tf.function(step, autograph=False)())
     (whole, whole_teacher), (layerwise, layerwise_teacher) = results
