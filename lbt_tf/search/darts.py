@@ -122,15 +122,21 @@ def darts_hypergradient(products: MixedProducts, problem, teacher_weights, arch,
 def teacher_term(products: MixedProducts, problem, teacher_weights, arch, xi_t,
                  batches: Batches):
     """grad_A L(T'(A), A; D_t^val) alone: grad_A L_t^val(T') - xi_t h_A(v_teacher). Passes: the
-    virtual teacher step, the val backward at T' (one supernet stage at a time with
-    --arch_product=layerwise), arch_product, one after another."""
+    virtual teacher step, the val backward at T', arch_product, one after another, each through
+    the function darts_hypergradient uses for it where there is one (with trace_once)."""
     new_teacher, _ = problem.virtual_teacher_step(teacher_weights, arch, xi_t,
                                                   batches.teacher_train)
     what = f"{products.what}: grad_(T', A) L_t^val"
-    if problem.arch_product == "layerwise":
-        val = problem.stagewise_loss_gradient(new_teacher, arch, batches.teacher_val, what,
-                                              weights_too=True)[1]
-    else:
+    if problem.recompute_activations and problem.student is not None:
+        # The main val pass's function with a zero seed for P (its term adds exact zeros), for
+        # one more forward of P: a val function of this one's own (stagewise) added 0.5 GB of
+        # RSS at the paper's setting (FD), its graph instantiated beside the step's.
+        probs, checkpoints = problem.teacher_probs_checkpointed(new_teacher, arch,
+                                                                batches.unlabeled)
+        val = problem.recomputed_val_gradient(new_teacher, arch, batches.teacher_val,
+                                              batches.unlabeled, checkpoints,
+                                              tf.zeros_like(probs), what)[1]
+    else:  # without a student the main val pass's function; else one pass (run alone)
         val = problem.teacher_loss_gradient(new_teacher, arch, batches.teacher_val, what,
                                             weights_too=True)[1]
     num_t = len(new_teacher)

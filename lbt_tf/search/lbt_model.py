@@ -124,6 +124,7 @@ class LBTSearch(keras.Model):
                                                      name="teacher_term_arch_step",
                                                      aggregation="only_first_replica")
         self.teacher_term_trace_seconds = None  # its function's trace (once, at its first call)
+        self.teacher_term_traces = 0  # of the current teacher term function
         self.trackers = {name: keras.metrics.Mean(name=name) for name in (
             "teacher_loss", "student_loss", "pseudo_loss", "arch_objective",
             "arch_teacher_val_loss", "arch_student_val_loss", "arch_latency_loss",
@@ -238,6 +239,7 @@ class LBTSearch(keras.Model):
         if self.phase != "search" or self.diagnostic_every is None:
             return step
         strategy = self.distribute_strategy
+        self.teacher_term_traces = 0
 
         def teacher_term(data):
             strategy.run(self._teacher_term_step, (data,))
@@ -271,8 +273,12 @@ class LBTSearch(keras.Model):
         self.teacher_term_arch_step.assign(self.arch_steps.value)
         if not tf.executing_eagerly():  # once per trace, at its first call
             self.teacher_term_trace_seconds = time.perf_counter() - start
+            self.teacher_term_traces += 1
             logging.info("the diagnostic teacher term traced in %.1f s; its first call "
                          "instantiates it next", self.teacher_term_trace_seconds)
+            if self.teacher_term_traces > tf.distribute.get_strategy().num_replicas_in_sync:
+                logging.warning("the diagnostic teacher term is traced again (trace %d): an "
+                                "input shape changed between steps", self.teacher_term_traces)
 
     def _log_signals(self, grads, terms, finite, diagnose):
         """ARCH_SIGNALS of this step; the val split only on diagnostic steps."""

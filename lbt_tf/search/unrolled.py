@@ -125,14 +125,12 @@ class SearchProblem:
         return self.teacher.traced("probs_checkpointed", probs_checkpointed)(
             list(weights), list(arch), images)
 
-    def stagewise_loss_gradient(self, weights, arch, batch, what, weights_too=False,
-                                direction=None, step=None):
-        """(L(W, A; batch), grad_A L or with `weights_too` grad_(T, A) L) at W = T, or
-        W = T + step direction, one supernet stage at a time (stagewise.py): a forward keeping
-        the stage inputs, then a backward redoing each stage (W made inside each stage: no
-        whole perturbed copy of T). One stage's activations alive instead of a pass's, for one
-        more forward. Used by finite differences' perturbed passes and the diagnostic val pass
-        with --arch_product=layerwise. With trace_once one traced function per kind."""
+    def stagewise_loss_gradient(self, weights, arch, batch, what, direction=None, step=None):
+        """(L(W, A; batch), grad_A L) at W = T, or W = T + step direction, one supernet stage at
+        a time (stagewise.py): a forward keeping the stage inputs, then a backward redoing each
+        stage (W made inside each stage: no whole perturbed copy of T). One stage's activations
+        alive instead of a pass's, for one more forward. Used by finite differences' perturbed
+        passes with --arch_product=layerwise. With trace_once one traced function per kind."""
         def loss_gradient(weights, arch, images, labels, *perturbation):
             stage_weights = None
             if perturbation:
@@ -141,17 +139,16 @@ class SearchProblem:
             outputs, checkpoints = stagewise.forward(self.teacher, weights, arch, images,
                                                      stage_weights=stage_weights)
             head = lambda outputs: lrn.teacher_seg_loss(outputs, labels, self.ignore_label)
-            weight_grads, arch_grads = stagewise.backward(
+            _, arch_grads = stagewise.backward(
                 self.teacher, weights, arch, images, checkpoints, head, None, what,
-                stage_weights=stage_weights, weights_too=weights_too)
-            return head(outputs), (weight_grads if weights_too else []) + arch_grads
+                stage_weights=stage_weights, weights_too=False)
+            return head(outputs), arch_grads
 
         perturbation = () if direction is None else (list(direction), step)
         loss, grads = self.teacher.traced(
-            ("stagewise_loss_gradient", weights_too, direction is None), loss_gradient)(
+            ("stagewise_loss_gradient", direction is None), loss_gradient)(
             list(weights), list(arch), *batch, *perturbation)
-        names = (self.teacher.weight_names if weights_too else []) + self.teacher.arch_names
-        return loss, checked_gradients(grads, names, what)
+        return loss, checked_gradients(grads, self.teacher.arch_names, what)
 
     def recomputed_val_gradient(self, weights, arch, val_batch, images, checkpoints, probs_seed,
                                 what):
