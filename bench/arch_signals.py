@@ -4,8 +4,8 @@
 
 For lbt-exact and lbt-finite_difference: one search model with --arch_signal_every=0 (no split
 of ||grad_A|| into its teacher/student val terms) and one with 1 (the split on every arch step:
-the worst case), built from the same seed; their train functions (the split's teacher term is a
-function of its own, called before the step) run alternately on the same batches. Prints the median step times and their ratio (the overhead of a diagnostic step). The
+the worst case), built from the same seed; their compiled steps run alternately on the same
+batches. Prints the median step times and their ratio (the overhead of a diagnostic step). The
 latency table is synthetic (no minutes spent measuring one; the latency term costs the same in
 both).
 """
@@ -20,6 +20,7 @@ import zlib
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 from lbt_tf import config as config_lib  # noqa: E402
 from lbt_tf.models.fasterseg import latency as latency_lib  # noqa: E402
@@ -53,8 +54,7 @@ def compiled_step(config, hypergrad, every):
     finally:
         runner.build_supernet = original
     model.set_phase("search")
-    model.make_train_function()  # with the split: the teacher term's function, then the step
-    return lambda batch: model.train_function([batch])
+    return tf.function(model.train_step)
 
 
 def main():

@@ -18,9 +18,8 @@ start); build_mem_mb: the peak after building the models; first_step_peak_*: the
 end of the first step; steady_peak_*: the peaks over the later steps (no trace, no diagnostic
 split: what a long search holds after its start); where the mode splits grad_A F
 (--arch_signal_every, lbt), two more steps with the split: diagnostic_first_step_s (the split's
-first run: its teacher term is a function of its own, traced and instantiated at this call, not
-in the first step), diagnostic_step_s, diagnostic_first_extra_s (their difference: the teacher
-term function's trace and instantiation), diagnostic_trace_s (of it the trace) and
+first run: the first step does not run it), diagnostic_step_s, diagnostic_first_extra_s (their
+difference: what the split's first run costs beyond the first step's work) and
 diagnostic_peak_* (over both); peak_*: the largest; rss_*_mb: the RSS after the last step by
 kind of mapping (rss_by_mapping_mb).
 Memory: on GPU, TensorFlow's peak allocation (`get_memory_info`); on CPU the process's peak RSS
@@ -177,7 +176,6 @@ def measure(config, steps):
             diagnostic = {"diagnostic_first_step_s": diagnostic_times[0],
                           "diagnostic_step_s": diagnostic_times[1],
                           "diagnostic_first_extra_s": diagnostic_times[0] - diagnostic_times[1],
-                          "diagnostic_trace_s": model.teacher_term_trace_seconds,
                           "diagnostic_peak_mem_mb": peak_memory_mb(),
                           "diagnostic_peak_tensor_mb": peak_tensor_mb()}
         rss_parts = rss_by_mapping_mb()

@@ -9,9 +9,9 @@ forward-over-reverse, exact; finite_difference.py: central differences). The cha
     grad_A F      = grad_A L(T', A; D_t^val) - xi_s lambda g_soft(A) - xi_t h_A(v)
                     + lambda_lat grad_A Lat(A)
 With exact products this is exact: one unrolled step has no other second-order term.
-`teacher_term`, the teacher term alone, grad_A L(T', A; D_t^val) - xi_t h_A(v_teacher) with
-v_teacher = grad_{T'} L(T', A; D_t^val), costs a virtual step, a val backward and arch_product
-of its own: LBTSearch runs it as a function of its own every --arch_signal_every arch steps.
+Where `diagnose` is true the teacher term alone, grad_A L(T', A; D_t^val) - xi_t h_A(v_teacher)
+with v_teacher = grad_{T'} L(T', A; D_t^val), costs one more val backward and arch_product
+(with recompute_activations the val backward is the main one's function, P's seed zero).
 """
 from __future__ import annotations
 
@@ -43,13 +43,12 @@ def soft_loss(problem, student_weights, images, probs, inline=False):
 
 def darts_hypergradient(products: MixedProducts, problem, teacher_weights, arch,
                         student_weights, xi_t, xi_s, latency_weight, batches: Batches,
-                        teacher_term_value=None) -> ArchGradient:
+                        diagnose=None) -> ArchGradient:
     """Passes: the virtual steps, the student val backward, soft_product, the backward of
     L_t^val and P to (T', A) (v and grad_A's first terms: both passes together with kept
     activations; with recompute_activations L_t^val's pass redone, then P's backward one
     stage at a time from its first forward's stage inputs), arch_product. The stages run one
-    after another (lrn.after). `teacher_term_value`: `teacher_term` at the same point, for
-    ArchGradient.terms' split, or None."""
+    after another (lrn.after)."""
     what = products.what
     new_teacher, reuse = problem.virtual_teacher_step(teacher_weights, arch, xi_t,
                                                       batches.teacher_train)
@@ -114,33 +113,43 @@ def darts_hypergradient(products: MixedProducts, problem, teacher_weights, arch,
     with lrn.after(v, grads):
         grads = lrn.axpy(-xi_t, products.arch_product(problem, teacher_weights, arch, v,
                                                       batches.teacher_train), grads)
+    teacher_grads = None
+    if diagnose is not None:
+        def teacher_term():
+            # T' again (the same op on the same values; without a kept gradient, the same pass
+            # again) and its val backward: v_teacher and grad_A L_t^val are then alive only
+            # here, not beside v on every step.
+            if reuse.teacher_grads is None:
+                t_prime, _ = problem.virtual_teacher_step(teacher_weights, arch, xi_t,
+                                                          batches.teacher_train)
+            else:
+                t_prime = lrn.axpy(-xi_t, reuse.teacher_grads, teacher_weights)
+            what_val_teacher = f"{what}: grad_(T', A) L_t^val"
+            if checkpoints is not None:
+                # The main val pass's function with a zero seed for P (its term adds exact
+                # zeros): no val function of the split's own in the step's graph, whose trace
+                # and instantiation cost the first step more than P's extra backward costs a
+                # diagnostic step (README, "Seventeenth session").
+                val = problem.recomputed_val_gradient(
+                    t_prime, arch, batches.teacher_val, batches.unlabeled, checkpoints,
+                    tf.zeros_like(probs_seed), what_val_teacher)[1]
+            elif problem.arch_product == "layerwise":  # one stage's activations beside T', v
+                val = problem.stagewise_loss_gradient(t_prime, arch, batches.teacher_val,
+                                                      what_val_teacher, weights_too=True)[1]
+            else:
+                with tf.GradientTape() as val_tape:
+                    val_tape.watch(t_prime + list(arch))
+                    loss = problem.teacher_loss(t_prime, arch, batches.teacher_val)
+                val = checked_gradients(val_tape.gradient(loss, t_prime + list(arch)), names,
+                                        what_val_teacher)
+            with lrn.after(val):
+                return lrn.axpy(-xi_t, products.arch_product(
+                    problem, teacher_weights, arch, val[:num_t], batches.teacher_train),
+                    val[num_t:])
+
+        with lrn.after(grads):  # after the main product: one perturbed copy of T at a time
+            teacher_grads = tf.cond(diagnose, teacher_term,
+                                    lambda: [tf.zeros_like(a) for a in arch])
     latency, lat_grads = problem.latency_gradient(arch, latency_weight)
-    return problem.result(grads, teacher_term_value, teacher_val, student_val, latency,
-                          lat_grads, reuse)
-
-
-def teacher_term(products: MixedProducts, problem, teacher_weights, arch, xi_t,
-                 batches: Batches):
-    """grad_A L(T'(A), A; D_t^val) alone: grad_A L_t^val(T') - xi_t h_A(v_teacher). Passes: the
-    virtual teacher step, the val backward at T', arch_product, one after another, each through
-    the function darts_hypergradient uses for it where there is one (with trace_once)."""
-    new_teacher, _ = problem.virtual_teacher_step(teacher_weights, arch, xi_t,
-                                                  batches.teacher_train)
-    what = f"{products.what}: grad_(T', A) L_t^val"
-    if problem.recompute_activations and problem.student is not None:
-        # The main val pass's function with a zero seed for P (its term adds exact zeros), for
-        # one more forward of P: a val function of this one's own (stagewise) added 0.5 GB of
-        # RSS at the paper's setting (FD), its graph instantiated beside the step's.
-        probs, checkpoints = problem.teacher_probs_checkpointed(new_teacher, arch,
-                                                                batches.unlabeled)
-        val = problem.recomputed_val_gradient(new_teacher, arch, batches.teacher_val,
-                                              batches.unlabeled, checkpoints,
-                                              tf.zeros_like(probs), what)[1]
-    else:  # without a student the main val pass's function; else one pass (run alone)
-        val = problem.teacher_loss_gradient(new_teacher, arch, batches.teacher_val, what,
-                                            weights_too=True)[1]
-    num_t = len(new_teacher)
-    with lrn.after(val):
-        product = products.arch_product(problem, teacher_weights, arch, val[:num_t],
-                                        batches.teacher_train)
-    return lrn.axpy(-tf.cast(xi_t, val[0].dtype), product, val[num_t:])
+    return problem.result(grads, teacher_grads, teacher_val, student_val, latency, lat_grads,
+                          reuse)

@@ -65,3 +65,8 @@ class CentralDifferences:
         if grad is None:
             raise lrn.HypergradientError("FD: d L_soft / d P is None")
         return tf.where(u_norm > 0, grad / (2 * eps), tf.zeros_like(grad))
+
+
+def finite_difference_hypergradient(problem, *args, **kwargs):
+    """darts.darts_hypergradient with central differences (arguments as there)."""
+    return darts.darts_hypergradient(CentralDifferences(), problem, *args, **kwargs)

@@ -47,3 +47,8 @@ class ForwardOverReverse:
                                      f"{self.what}: grad_P L_soft")
         return checked_gradients([acc.jvp(grad[0])], ["P"],
                                  f"{self.what}: d/dS grad_P L_soft . u")[0]
+
+
+def hvp_hypergradient(problem, *args, **kwargs):
+    """darts.darts_hypergradient with forward-over-reverse products (arguments as there)."""
+    return darts.darts_hypergradient(ForwardOverReverse(), problem, *args, **kwargs)

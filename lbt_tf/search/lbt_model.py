@@ -19,8 +19,6 @@ A skipped update is counted (`skipped_steps`, `consecutive_skips`); nothing non-
 written to a variable. The phase (warm-up / search) and the mode are Python attributes: changing
 them (`set_phase`, `set_mode`, e.g. the lbt -> lpt fallback of `callbacks.NonFiniteFallback`)
 rebuilds the step function once (`make_train_function(force=True)`); `trace_count` counts traces.
-lbt's diagnostic split of grad_A F (--arch_signal_every) takes its teacher term from a function
-of its own that the train function calls before the step on the same batch (`_teacher_term_step`).
 The learning rates are optimizer variables set per epoch by `callbacks.EpochSchedule`, so the
 xi of the virtual steps is always the optimizer's current learning rate.
 """
@@ -114,17 +112,6 @@ class LBTSearch(keras.Model):
             keras.Variable(tf.zeros_like(v.value), trainable=False, name="previous_arch_grad",
                            aggregation="only_first_replica")
             for v in self.teacher_learner.arch_variables]
-        # lbt's teacher term of grad_A F and the arch step it was computed for (the train
-        # function's diagnostic call, every --arch_signal_every arch steps; -1: none yet).
-        self.teacher_term_values = [
-            keras.Variable(tf.zeros_like(v.value), trainable=False, name="teacher_term",
-                           aggregation="only_first_replica")
-            for v in self.teacher_learner.arch_variables]
-        self.teacher_term_arch_step = keras.Variable(-1, dtype="int64", trainable=False,
-                                                     name="teacher_term_arch_step",
-                                                     aggregation="only_first_replica")
-        self.teacher_term_trace_seconds = None  # its function's trace (once, at its first call)
-        self.teacher_term_traces = 0  # of the current teacher term function
         self.trackers = {name: keras.metrics.Mean(name=name) for name in (
             "teacher_loss", "student_loss", "pseudo_loss", "arch_objective",
             "arch_teacher_val_loss", "arch_student_val_loss", "arch_latency_loss",
@@ -179,18 +166,15 @@ class LBTSearch(keras.Model):
         values the update started from, else None)."""
         teacher, student = self.teacher_learner, self.student_learner
         cfg = self.search_config
-        diagnose = teacher_term = None
-        if self.diagnostic_every is not None:
-            # The split where the train function computed the teacher term for this arch step.
-            diagnose = tf.equal(self.teacher_term_arch_step.value, self.arch_steps.value)
-            teacher_term = [tf.convert_to_tensor(v.value) for v in self.teacher_term_values]
+        every = self.diagnostic_every
+        diagnose = None if every is None else tf.equal(self.arch_steps.value % every, every - 1)
         arch_t = teacher.arch_values()  # values as read now: the update does not change them
         result = self.problem.arch_gradient(
             self.mode, self.hypergrad, teacher.weight_values(), arch_t,
             student.weight_values() if student is not None else None,
             self._learning_rate(self.teacher_optimizer),
             self._learning_rate(self.student_optimizer),
-            tf.convert_to_tensor(self.latency_weight.value), batches, teacher_term)
+            tf.convert_to_tensor(self.latency_weight.value), batches, diagnose)
         finite, grads, objective, norm, terms = unrolled.update_architecture(
             self.arch_optimizer, teacher.arch_variables, result, cfg.arch_grad_clip)
         self.trackers["arch_objective"].update_state(objective)
@@ -202,6 +186,11 @@ class LBTSearch(keras.Model):
             self.trackers["expected_latency_ms"].update_state(self.problem.latency_fn(arch))
         self.trackers["arch_entropy"].update_state(arch_entropy(arch))
         self._log_signals(grads, terms, finite, diagnose)
+        # The weight steps wait for the diagnostic terms as well: their tf.cond runs after the
+        # hypergradient, and the real teacher pass overlapped it (FD at the paper's setting:
+        # its first, diagnostic step peaked at 7.45 GB of tensors, the others at 6.55 GB).
+        with lrn.after(terms):
+            finite = tf.identity(finite)
         reuse = result.reuse
         if reuse is not None and not cfg.reuse_step_gradients:
             # Only what does not depend on A: the student's own data term.
@@ -214,9 +203,11 @@ class LBTSearch(keras.Model):
     @property
     def diagnostic_every(self):
         """N of --arch_signal_every where this mode splits grad_A F (lbt), else None. The split
-        runs on the last arch step of every N (9, 19, ... for 10), not the first, and its
-        teacher term in a function of its own (`make_train_function`): step 0 traces and
-        instantiates the step alone, and the step's graph holds no pass of the split."""
+        runs on the last arch step of every N (9, 19, ... for 10), not the first: step 0, the
+        one that traces and instantiates the step, then does not also compute the split (one
+        more val pass and teacher product). Its branch is still traced and instantiated with
+        the step (paper setting: the first diagnostic step is 1-3 s slower than the next;
+        bench/search_step.py times both)."""
         every = self.search_config.arch_signal_every
         return every if every > 0 and self.mode not in names.FIRST_ORDER_MODES else None
 
@@ -227,58 +218,6 @@ class LBTSearch(keras.Model):
             return None
         step = int(self.arch_steps.numpy())
         return step + (every - 1 - step % every)
-
-    def make_train_function(self, force=False):
-        """Keras' train function; in the search phase of a mode with the split, preceded on the
-        arch steps `next_diagnostic_arch_step` names by the teacher term's own function on the
-        same batch (traced at its first call, arch step N-1, not with the step)."""
-        if self.train_function is not None and not force:
-            return self.train_function
-        super().make_train_function(force=True)
-        step = self.train_function
-        if self.phase != "search" or self.diagnostic_every is None:
-            return step
-        strategy = self.distribute_strategy
-        self.teacher_term_traces = 0
-
-        def teacher_term(data):
-            strategy.run(self._teacher_term_step, (data,))
-
-        if not self.run_eagerly:
-            teacher_term = tf.function(teacher_term, jit_compile=self.jit_compile)
-
-        def train_function(iterator):
-            # One batch for both; Keras' function runs one_step_on_data on each element of a
-            # Python iterable (as bench/search_step.py calls it).
-            data = next(iter(iterator))
-            if self.next_diagnostic_arch_step() == int(self.arch_steps.numpy()):
-                teacher_term(data)
-            return step([data])
-
-        self.train_function = train_function
-        return train_function
-
-    def _teacher_term_step(self, data):
-        """teacher_term_values <- lbt's teacher term of grad_A F at the current (T, A) on the
-        step's batches (replica mean), for arch step arch_steps."""
-        start = time.perf_counter()
-        teacher = self.teacher_learner
-        with call_shapes.skipped():
-            term = self.problem.teacher_term(self.hypergrad, teacher.weight_values(),
-                                             teacher.arch_values(),
-                                             self._learning_rate(self.teacher_optimizer),
-                                             lrn.Batches.from_dict(data))
-        for variable, value in zip(self.teacher_term_values, replica_mean(term)):
-            variable.assign(value)
-        self.teacher_term_arch_step.assign(self.arch_steps.value)
-        if not tf.executing_eagerly():  # once per trace, at its first call
-            self.teacher_term_trace_seconds = time.perf_counter() - start
-            self.teacher_term_traces += 1
-            logging.info("the diagnostic teacher term traced in %.1f s; its first call "
-                         "instantiates it next", self.teacher_term_trace_seconds)
-            if self.teacher_term_traces > tf.distribute.get_strategy().num_replicas_in_sync:
-                logging.warning("the diagnostic teacher term is traced again (trace %d): an "
-                                "input shape changed between steps", self.teacher_term_traces)
 
     def _log_signals(self, grads, terms, finite, diagnose):
         """ARCH_SIGNALS of this step; the val split only on diagnostic steps."""

@@ -4,8 +4,8 @@ alive at a time, the rest of the step first-order):
         reverse-over-reverse: the gradient w.r.t. T, differentiated w.r.t. A seeded with v
         (no dot product, no weight-sized temporary); `tf.gradients` in a graph, nested tapes
         eagerly;
-        with trace_once one traced function, called by the step and by the diagnostic teacher
-        term's own function (traced once: the second-order supernet graph is the largest);
+        with trace_once one traced function, called by the main term and the diagnostic one
+        (the graph and its trace once: the second-order supernet graph is the step's largest);
     soft_product: grad_P [grad_S L_soft(S; P) . u]    = d2 L_soft/dP dS . u
         hvp.py's forward-over-reverse: u pushed forward through the student keeps none of its
         activations (paper setting: 0.5 GB above S and u, reverse-over-reverse 1.6 GB; README).
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from lbt_tf.search import hvp, layerwise
+from lbt_tf.search import darts, hvp, layerwise
 from lbt_tf.search.learner import checked_gradients
 
 
@@ -68,3 +68,8 @@ class ReverseOverReverse:
                                  problem.teacher.arch_names, "exact: d/dA grad_T L_t^tr . v")
 
     soft_product = hvp.ForwardOverReverse.soft_product
+
+
+def exact_hypergradient(problem, *args, **kwargs):
+    """darts.darts_hypergradient with ReverseOverReverse's products (arguments as there)."""
+    return darts.darts_hypergradient(ReverseOverReverse(), problem, *args, **kwargs)

@@ -1,6 +1,6 @@
 """A first-order backward through the supernet one stage at a time, from stage inputs kept by an
 earlier forward (checkpoints): darts.py's recomputed pass of the teacher's soft labels P, and
-with --arch_product=layerwise finite differences' perturbed passes
+with --arch_product=layerwise finite differences' perturbed passes and the diagnostic val pass
 (SearchProblem.stagewise_loss_gradient: one more forward each).
 
 That pass runs forward twice anyway: once for P's values (the student stages need them), then

@@ -11,12 +11,12 @@ two second-order products by reverse-over-reverse (reverse_over_reverse.py: exac
 forward-over-reverse (hvp.py: exact) or central differences (finite_difference.py);
 `unrolled_hypergradient`, nested tapes around all of (1)-(3), is the definition they are tested
 against. A None gradient raises HypergradientError, never becomes zero. `terms` splits grad_A F
-into teacher val / student val / latency; lbt's teacher term costs passes of its own
-(`teacher_term`), so it is computed separately (LBTSearch: every --arch_signal_every arch steps)
-and handed in, the student term being the rest."""
+into teacher val / student val / latency (own tape); the val split costs one more backward, so
+it is done only where `diagnose` is true."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable, Optional
 
 import tensorflow as tf
@@ -25,16 +25,11 @@ from lbt_tf import names
 from lbt_tf.config import SearchConfig
 from lbt_tf.search import learner as lrn
 from lbt_tf.search import stagewise
-from lbt_tf.search import darts
-from lbt_tf.search.finite_difference import CentralDifferences
-from lbt_tf.search.hvp import ForwardOverReverse
+from lbt_tf.search.finite_difference import finite_difference_hypergradient
+from lbt_tf.search.hvp import hvp_hypergradient
 from lbt_tf.search.learner import ArchGradient, Batches, Learner, StepGradients, checked_gradients
-from lbt_tf.search.reverse_over_reverse import ReverseOverReverse
+from lbt_tf.search.reverse_over_reverse import exact_hypergradient
 from lbt_tf.search.updates import all_finite, apply_if_finite, replica_mean
-
-# names.HYPERGRADS -> darts.py's two mixed second-derivative products.
-MIXED_PRODUCTS = {"exact": ReverseOverReverse, "hvp": ForwardOverReverse,
-                  "finite_difference": CentralDifferences}
 
 
 @dataclasses.dataclass
@@ -125,12 +120,14 @@ class SearchProblem:
         return self.teacher.traced("probs_checkpointed", probs_checkpointed)(
             list(weights), list(arch), images)
 
-    def stagewise_loss_gradient(self, weights, arch, batch, what, direction=None, step=None):
-        """(L(W, A; batch), grad_A L) at W = T, or W = T + step direction, one supernet stage at
-        a time (stagewise.py): a forward keeping the stage inputs, then a backward redoing each
-        stage (W made inside each stage: no whole perturbed copy of T). One stage's activations
-        alive instead of a pass's, for one more forward. Used by finite differences' perturbed
-        passes with --arch_product=layerwise. With trace_once one traced function per kind."""
+    def stagewise_loss_gradient(self, weights, arch, batch, what, weights_too=False,
+                                direction=None, step=None):
+        """(L(W, A; batch), grad_A L or with `weights_too` grad_(T, A) L) at W = T, or
+        W = T + step direction, one supernet stage at a time (stagewise.py): a forward keeping
+        the stage inputs, then a backward redoing each stage (W made inside each stage: no
+        whole perturbed copy of T). One stage's activations alive instead of a pass's, for one
+        more forward. Used by finite differences' perturbed passes and the diagnostic val pass
+        with --arch_product=layerwise. With trace_once one traced function per kind."""
         def loss_gradient(weights, arch, images, labels, *perturbation):
             stage_weights = None
             if perturbation:
@@ -139,16 +136,17 @@ class SearchProblem:
             outputs, checkpoints = stagewise.forward(self.teacher, weights, arch, images,
                                                      stage_weights=stage_weights)
             head = lambda outputs: lrn.teacher_seg_loss(outputs, labels, self.ignore_label)
-            _, arch_grads = stagewise.backward(
+            weight_grads, arch_grads = stagewise.backward(
                 self.teacher, weights, arch, images, checkpoints, head, None, what,
-                stage_weights=stage_weights, weights_too=False)
-            return head(outputs), arch_grads
+                stage_weights=stage_weights, weights_too=weights_too)
+            return head(outputs), (weight_grads if weights_too else []) + arch_grads
 
         perturbation = () if direction is None else (list(direction), step)
         loss, grads = self.teacher.traced(
-            ("stagewise_loss_gradient", direction is None), loss_gradient)(
+            ("stagewise_loss_gradient", weights_too, direction is None), loss_gradient)(
             list(weights), list(arch), *batch, *perturbation)
-        return loss, checked_gradients(grads, self.teacher.arch_names, what)
+        names = (self.teacher.weight_names if weights_too else []) + self.teacher.arch_names
+        return loss, checked_gradients(grads, names, what)
 
     def recomputed_val_gradient(self, weights, arch, val_batch, images, checkpoints, probs_seed,
                                 what):
@@ -258,7 +256,7 @@ class SearchProblem:
         return result.objective, result.parts
 
     def unrolled_hypergradient(self, teacher_weights, arch, student_weights, xi_t, xi_s,
-                               latency_weight, batches: Batches):
+                               latency_weight, batches: Batches, diagnose=None):
         """grad_A F through both virtual steps by the definition: nested tapes around all of
         (1)-(3), every second-order term. The reference the search's methods are tested against
         (all are darts.py's form); not used by the search itself: its one outer tape keeps
@@ -271,14 +269,28 @@ class SearchProblem:
                 teacher_val + self.student_val_weight * student_val)
         grads = checked_gradients(outer.gradient(val, arch), self.teacher.arch_names,
                                   "exact LBT hypergradient")
+        teacher_grads = None
+        if diagnose is not None:
+            with lrn.after(grads):  # not beside the main backward's tensors (as in darts.py)
+                teacher_grads = tf.cond(
+                    diagnose,
+                    lambda: self.teacher_val_hypergradient(teacher_weights, arch, xi_t, batches),
+                    lambda: [tf.zeros_like(a) for a in arch])
         latency, lat_grads = self.latency_gradient(arch, latency_weight)
-        return self.result(grads, None, teacher_val, student_val, latency, lat_grads, reuse)
+        return self.result(grads, teacher_grads, teacher_val, student_val, latency, lat_grads,
+                           reuse)
 
-    def teacher_term(self, hypergrad, teacher_weights, arch, xi_t, batches: Batches):
-        """lbt's teacher term of grad_A F, grad_A L(T'(A), A; D_t^val), by `hypergrad`'s
-        products (darts.teacher_term); `arch_gradient(..., teacher_term_value=)` splits with it."""
-        return darts.teacher_term(MIXED_PRODUCTS[hypergrad](), self, teacher_weights, arch, xi_t,
-                                  batches)
+    def teacher_val_hypergradient(self, teacher_weights, arch, xi_t, batches: Batches):
+        """grad_A L(T'(A), A; D_t^val) alone (the teacher term of `terms`), recomputed: taken
+        from the main tape (persistent), the tf.cond holding it made every pass's activations,
+        the student's too, live until the step's end (its inputs), diagnosed or not."""
+        with tf.GradientTape() as outer:
+            outer.watch(arch)
+            new_teacher, _ = self.virtual_teacher_step(teacher_weights, arch, xi_t,
+                                                       batches.teacher_train)
+            teacher_val = self.teacher_loss(new_teacher, arch, batches.teacher_val)
+        return checked_gradients(outer.gradient(teacher_val, arch), self.teacher.arch_names,
+                                 "exact hypergradient's teacher term")
 
     def first_order_gradient(self, teacher_weights, arch, student_weights, latency_weight,
                              batches: Batches):
@@ -312,18 +324,19 @@ class SearchProblem:
         return ArchGradient(grads, objective, parts, terms, reuse)
 
     def arch_gradient(self, mode, hypergrad, teacher_weights, arch, student_weights, xi_t, xi_s,
-                      latency_weight, batches: Batches, teacher_term_value=None) -> ArchGradient:
-        """grad_A F for the (static, Python) search mode and hypergradient method; lbt's terms
-        split with `teacher_term_value` (`teacher_term` at the same point) where given."""
+                      latency_weight, batches: Batches, diagnose=None) -> ArchGradient:
+        """grad_A F for the (static, Python) search mode and hypergradient method."""
         if mode in names.FIRST_ORDER_MODES:
             return self.first_order_gradient(teacher_weights, arch,
                                              student_weights if mode == "lpt" else None,
                                              latency_weight, batches)
         if mode not in names.SEARCH_MODES or hypergrad not in names.HYPERGRADS:
             raise ValueError(f"unknown search mode {mode!r} or hypergrad {hypergrad!r}")
-        return darts.darts_hypergradient(MIXED_PRODUCTS[hypergrad](), self, teacher_weights, arch,
-                                         student_weights, xi_t, xi_s, latency_weight, batches,
-                                         teacher_term_value)
+        method = {"exact": functools.partial(exact_hypergradient, self),
+                  "hvp": functools.partial(hvp_hypergradient, self),
+                  "finite_difference": functools.partial(finite_difference_hypergradient, self)}
+        return method[hypergrad](teacher_weights, arch, student_weights, xi_t, xi_s,
+                                 latency_weight, batches, diagnose)
 
 
 def update_architecture(optimizer, variables, result: ArchGradient, clip_norm):

@@ -110,9 +110,8 @@ def test_finite_difference_step_uses_the_stagewise_passes_when_asked(monkeypatch
 
 
 def test_stagewise_loss_gradient_equals_the_whole_pass_one(float64):
-    """A loss's (L, grad_(T, A) L) one stage at a time (stagewise.forward, then .backward with
-    the loss as head, as the layerwise passes do) equals the whole pass's (real tiny supernet,
-    Gumbel-sampled widths); SearchProblem.stagewise_loss_gradient's grad_A L too."""
+    """The diagnostic val pass with --arch_product=layerwise: (L, grad_(T, A) L) one stage at a
+    time equals the whole pass's (real tiny supernet, Gumbel-sampled widths)."""
     problem, images, _ = _case("real", True)
     labels = np.random.default_rng(4).integers(
         0, models_under_test.NUM_CLASSES, size=images.shape[:3]).astype(np.int32)
@@ -121,33 +120,23 @@ def test_stagewise_loss_gradient_equals_the_whole_pass_one(float64):
 
     @tf.function(autograph=False)
     def both(weights, arch):
-        head = lambda outputs: learner.teacher_seg_loss(outputs, batch[1], problem.ignore_label)
-        outputs, checkpoints = stagewise.forward(problem.teacher, weights, arch, images)
-        weight_grads, arch_grads = stagewise.backward(problem.teacher, weights, arch, images,
-                                                      checkpoints, head, None, "test")
-        names = problem.teacher.weight_names + problem.teacher.arch_names
-        return ((head(outputs), learner.checked_gradients(weight_grads + arch_grads, names,
-                                                          "test")),
-                problem.stagewise_loss_gradient(weights, arch, batch, "test"),
+        return (problem.stagewise_loss_gradient(weights, arch, batch, "test", weights_too=True),
                 problem.teacher_loss_gradient(weights, arch, batch, "test", weights_too=True))
 
-    (loss, got), (arch_loss, arch_got), (expected_loss, expected) = both(weights, arch)
+    (loss, got), (expected_loss, expected) = both(weights, arch)
     np.testing.assert_allclose(loss.numpy(), expected_loss.numpy(), rtol=1e-12)
-    np.testing.assert_allclose(arch_loss.numpy(), expected_loss.numpy(), rtol=1e-12)
     names = problem.teacher.weight_names + problem.teacher.arch_names
-    assert len(got) == len(names) and len(arch_got) == len(problem.teacher.arch_names)
+    assert len(got) == len(names)
     for name, g, e in zip(names, got, expected):
         np.testing.assert_allclose(g.numpy(), e.numpy(), rtol=1e-8, atol=1e-11, err_msg=name)
-    for g, e in zip(arch_got, expected[-len(arch_got):]):
-        np.testing.assert_allclose(g.numpy(), e.numpy(), rtol=1e-8, atol=1e-11)
 
 
 @pytest.mark.parametrize("hypergrad", ["exact", "finite_difference"])
 def test_layerwise_hypergradient_and_its_teacher_term_equal_the_whole_pass_ones(float64,
                                                                                 hypergrad):
     """--arch_product=layerwise through darts.py (exact: layerwise.py's product; FD: the
-    stagewise perturbed passes) gives the whole-pass hypergradient and teacher term (stand-in,
-    traced step)."""
+    stagewise perturbed passes; both: the diagnostic teacher term's stagewise val pass) gives
+    the whole-pass hypergradient and teacher term (stand-in, traced step)."""
     supernet, student, num_classes = models_under_test.build("stand_in")
     rng = np.random.default_rng(5)
     shape = (2, models_under_test.HEIGHT, models_under_test.WIDTH)
@@ -166,11 +155,11 @@ def test_layerwise_hypergradient_and_its_teacher_term_equal_the_whole_pass_ones(
             student=learner.Learner(student, trace_once=True), ignore_label=255,
             pseudo_label_weight=0.7, recompute_activations=True, arch_product=arch_product)
         def step():
-            weights, arch = problem.teacher.weight_values(), problem.teacher.arch_values()
-            result = problem.arch_gradient("lbt", hypergrad, weights, arch,
-                                           problem.student.weight_values(), 0.01, 0.01, 0.0,
-                                           batches)
-            return result.grads, problem.teacher_term(hypergrad, weights, arch, 0.01, batches)
+            result = problem.arch_gradient(
+                "lbt", hypergrad, problem.teacher.weight_values(), problem.teacher.arch_values(),
+                problem.student.weight_values(), 0.01, 0.01, 0.0, batches,
+                diagnose=tf.constant(True))
+            return result.grads, result.terms["teacher_val"]
 
         results.append(tf.function(step, autograph=False)())
     (whole, whole_teacher), (layerwise, layerwise_teacher) = results
