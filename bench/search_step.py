@@ -28,8 +28,9 @@ TensorFlow's default on x86, or TF_CPU_ALLOCATOR_USE_BFC=true): the tensors alon
 would hold. The rest of the RSS
 is the traced graph (Python), the instantiated runtime graph and allocator slack, which stay in
 host memory on a GPU machine.
-Targets (issue 13): lbt-exact <= 3x lpt time and <= 1.6x its memory, lbt-finite_difference
-and lbt-hvp <= 2x / <= 1.2x, every mode <= 16 GB, trace + compile <= 60 s.
+Targets (issue 13, `TARGETS`): lbt-exact <= 3x lpt time and <= 1.6x its memory,
+lbt-finite_difference and lbt-hvp <= 2x / <= 1.2x, every mode <= 16 GB, trace + compile <= 60 s.
+`--bench_plot=PATH` also draws the ratios and trace + compile per mode against them (PNG).
 """
 from __future__ import annotations
 
@@ -56,9 +57,15 @@ flags.DEFINE_float("bench_max_rss_gb", 20.0,
                    "A child whose RSS passes this is killed (reported as over the limit), so "
                    "that a mode that does not fit cannot take the machine's memory.")
 flags.DEFINE_string("bench_single", None, "Internal: run one mode (name) and print JSON.")
+flags.DEFINE_string("bench_plot", None, "Also write the ratios to lpt and trace + compile per "
+                    "mode, against issue 13's targets, to this PNG.")
 
 MODES = {"fasterseg": ("fasterseg", "exact"), "lpt": ("lpt", "exact"),
          **{f"lbt-{hypergrad}": ("lbt", hypergrad) for hypergrad in names.HYPERGRADS}}
+# Issue 13's targets at the paper's setting: per mode (step / lpt's, peak memory / lpt's), and
+# for every mode the trace + compile time (and a peak RSS of 16 GB, which the table shows).
+TARGETS = {"lbt-exact": (3.0, 1.6), "lbt-finite_difference": (2.0, 1.2), "lbt-hvp": (2.0, 1.2)}
+MAX_COMPILE_S = 60.0
 
 
 def peak_memory_mb():
@@ -259,6 +266,47 @@ def run_child(name):
     return json.loads(lines[-1][len("BENCH "):])
 
 
+def ratios_to_lpt(results):
+    """{mode: (step / lpt's, peak memory / lpt's)} for the modes run beside lpt."""
+    lpt = results["lpt"]
+    return {name: (r["step_s"] / lpt["step_s"], r["peak_mem_mb"] / lpt["peak_mem_mb"])
+            for name, r in results.items()}
+
+
+def plot(results, path):
+    """Three panels of bars per mode: step and peak memory as ratios to lpt's, trace + compile
+    in seconds; each mode's target marked, its bar red where the target is missed."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    names_ = list(results)
+    ratios = ratios_to_lpt(results)
+    no_target = (None, None)
+    panels = [  # title, values, each mode's target (None: none)
+        ("step / lpt's", [ratios[n][0] for n in names_],
+         [TARGETS.get(n, no_target)[0] for n in names_]),
+        ("peak memory / lpt's", [ratios[n][1] for n in names_],
+         [TARGETS.get(n, no_target)[1] for n in names_]),
+        ("trace + compile (s)", [results[n]["compile_s"] for n in names_],
+         [MAX_COMPILE_S] * len(names_))]
+    fig, axes = plt.subplots(1, 3, figsize=(4.0 * 3, 3.6))
+    x = range(len(names_))
+    for ax, (title, values, targets) in zip(axes, panels):
+        met = [t is None or v <= t for v, t in zip(values, targets)]
+        ax.bar(x, values, color=["tab:green" if m else "tab:red" for m in met])
+        marked = [(i, t) for i, t in enumerate(targets) if t is not None]
+        if marked:
+            ax.scatter([i for i, _ in marked], [t for _, t in marked], marker="_", s=900,
+                       color="k", zorder=3, label="target")
+        ax.set_xticks(list(x), [n.replace("lbt-", "lbt\n") for n in names_], fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=8, loc="upper left")
+    fig.suptitle("search step at the given flags (green: within issue 13's target)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv):
     del argv
     config = lbt_flags.build_config()
@@ -268,6 +316,11 @@ def main(argv):
     unknown = [m for m in flags.FLAGS.modes if m not in MODES]
     if unknown:
         raise app.UsageError(f"--modes: unknown {unknown}; expected some of {list(MODES)}")
+    plot_path = flags.FLAGS.bench_plot
+    if plot_path and ("lpt" not in flags.FLAGS.modes
+                      or not os.path.isdir(os.path.dirname(os.path.abspath(plot_path)))):
+        raise app.UsageError(f"--bench_plot={plot_path}: needs lpt in --modes (the ratios) and "
+                             "an existing folder")
     if flags.FLAGS.bench_single:
         mode, hypergrad = MODES[flags.FLAGS.bench_single]
         config = config_lib.replace(config, **{"search.mode": mode, "search.hypergrad": hypergrad,
@@ -303,6 +356,11 @@ def main(argv):
     for name in flags.FLAGS.modes:
         if name not in results:
             print(f"| {name} | failed or over --bench_max_rss_gb | | | | | | | | | | | | |")
+    if plot_path and "lpt" in results:
+        plot(results, plot_path)
+        print(f"plot={plot_path}")
+    elif plot_path:
+        print("no plot: lpt did not complete (its ratios are the plot's)", file=sys.stderr)
 
 
 if __name__ == "__main__":

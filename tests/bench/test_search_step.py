@@ -42,3 +42,24 @@ def test_rss_by_mapping_counts_a_large_array_as_big_anonymous():
     assert abs(after["anonymous"] - before["anonymous"]) < 32
     assert after["files"] > 0
     del array
+
+
+RESULTS = {"lpt": {"step_s": 20.0, "peak_mem_mb": 7000.0, "compile_s": 30.0},
+           "lbt-finite_difference": {"step_s": 45.0, "peak_mem_mb": 9100.0, "compile_s": 80.0},
+           "lbt-exact": {"step_s": 56.0, "peak_mem_mb": 10500.0, "compile_s": 160.0}}
+
+
+def test_ratios_to_lpt():
+    ratios = search_step.ratios_to_lpt(RESULTS)
+    assert ratios["lpt"] == (1.0, 1.0)
+    assert np.allclose(ratios["lbt-finite_difference"], (2.25, 1.3))
+    assert np.allclose(ratios["lbt-exact"], (2.8, 1.5))
+
+
+def test_plot_writes_the_three_panels(tmp_path):
+    import matplotlib.image
+    path = tmp_path / "bench.png"
+    search_step.plot(RESULTS, str(path))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    height, width = matplotlib.image.imread(path).shape[:2]
+    assert (height, width) == (396, 1320)  # 12 x 3.6 inches at 110 dpi: three panels
