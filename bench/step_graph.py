@@ -9,7 +9,8 @@ prints, per kind of function (its name without TensorFlow's prefixes and numeric
 gradient's forward and backward variants apart): how many there are, their nodes, and how many
 call sites the step's functions have for them. The graph is what the first step pays for twice:
 Python builds it (the trace) and the runtime instantiates every function of it on the first call
-(README: the runtime's first-call work grows with call sites x callee size, see "call tree").
+(docs/paper_scale_log.md: the runtime's first-call work grows with call sites x callee size, see
+"call tree").
 Also the total nodes and call sites, and the "call tree": the nodes reached through every call
 site, each callee counted with everything it calls (what TensorFlow's XLA clustering pass, which
 runs on every instantiated function, converts per call site even without XLA).

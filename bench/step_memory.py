@@ -10,7 +10,7 @@ peak are printed, grouped by the op that made them (name without its numeric suf
 those over 50 MB) and by when in the step they were made; first the peak's time and the memory
 in use over the whole step (the stage running at the peak is what to cut). A weight-sized group
 made early and still alive at a late peak is a stage's result (or activations) waiting for a later stage: that
-is how the recomputation's schedule was found (README, issue 13).
+is how the recomputation's schedule was found (docs/paper_scale_log.md).
 
 On CPU the profiler's memory events come from the BFC allocator, so this script sets
 TF_CPU_ALLOCATOR_USE_BFC=true: its peaks are that allocator's, to be compared between runs of

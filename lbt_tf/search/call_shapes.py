@@ -6,12 +6,12 @@ at each call site (shape_refiner.cc caches the callee's graph, not its inference
 step calls the supernet's cell functions, their gradient functions and the traced products at
 hundreds of sites, nested up to four deep, so a large part of its trace was this inference
 (paper setting, exact: 47% of a 40-s sample of its trace in creating call ops; trace
-101 -> 78-85 s with this; README, "Twelfth session"). Python sets every call's output shapes from
-the callee's signature right after (`AtomicFunction.call_flat`): where those are fully known,
-the trace uses nothing the inference finds. The refiner skips a call op whose node carries
-`_disable_call_shape_inference=true`; TF sets that attribute only on its TF1 `Defun` calls, so
-`skipped()` adds it to the call ops TF makes while it is entered whose callee's output shapes
-are fully known (a forward-mode jvp function's may not be: those keep the inference). Nothing
+101 -> 78-85 s with this; docs/paper_scale_log.md, "Twelfth session"). Python sets every call's
+output shapes from the callee's signature right after (`AtomicFunction.call_flat`): where those
+are fully known, the trace uses nothing the inference finds. The refiner skips a call op whose node
+carries `_disable_call_shape_inference=true`; TF sets that attribute only on its TF1 `Defun`
+calls, so `skipped()` adds it to the call ops TF makes while it is entered whose callee's output
+shapes are fully known (a forward-mode jvp function's may not be: those keep the inference). Nothing
 else changes: the runtime never runs this inference, and the same ops and values result
 (tests/search/test_call_shapes.py).
 """

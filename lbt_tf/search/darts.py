@@ -129,7 +129,7 @@ def darts_hypergradient(products: MixedProducts, problem, teacher_weights, arch,
                 # The main val pass's function with a zero seed for P (its term adds exact
                 # zeros): no val function of the split's own in the step's graph, whose trace
                 # and instantiation cost the first step more than P's extra backward costs a
-                # diagnostic step (README, "Seventeenth session").
+                # diagnostic step (docs/paper_scale_log.md, "Seventeenth session").
                 val = problem.recomputed_val_gradient(
                     t_prime, arch, batches.teacher_val, batches.unlabeled, checkpoints,
                     tf.zeros_like(probs_seed), what_val_teacher)[1]

@@ -38,7 +38,7 @@ class ForwardOverReverse:
         # op: through the traced forward (trace_once) TF takes the jvp of the whole function
         # call as the transpose of its backward, i.e. a full backward and its backward
         # (paper setting, this product alone: +4.7 GB of tensors and 17 s per call, inline
-        # +0.9 GB and 5.5 s; the same values; README, "Thirteenth session").
+        # +0.9 GB and 5.5 s; the same values; docs/paper_scale_log.md, "Thirteenth session").
         with tf.autodiff.ForwardAccumulator(student_weights, u) as acc:
             with tf.GradientTape() as tape:
                 tape.watch(probs)

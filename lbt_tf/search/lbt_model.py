@@ -253,7 +253,7 @@ class LBTSearch(keras.Model):
             # After the student's passes: their activations (ResNet-50, ~3 GB at the paper's
             # size) and the teacher's gradient (1 GB) and activations are not alive together;
             # without an order the runtime overlapped them in some runs (lpt's peak tensors
-            # 5.4-7.1 GB over two runs of the same step, README).
+            # 5.4-7.1 GB over two runs of the same step, docs/paper_scale_log.md).
             with lrn.after(student_part), tf.name_scope("teacher_weight_step"):
                 t_loss, t_grads, t_stats = problem.teacher_gradient(
                     teacher.weight_values(), arch, batches.teacher_train, "teacher weight step")

@@ -80,9 +80,9 @@ def backward_together(first, second):
     only once second's exists. Where two passes share weights (L_t^val and P at T'), the pass
     whose gradient is ready early would otherwise run its backward at once and hold its whole
     gradient w.r.t. the shared weights (1 GB at the paper's size) until the other's arrives to
-    be summed with; instead its activations wait. Measured on the exact mode (README): 1.1 GB
-    fewer tensors with the paper's weights at 64x128, no change at 224x448 (activations
-    larger there)."""
+    be summed with; instead its activations wait. Measured on the exact mode
+    (docs/paper_scale_log.md): 1.1 GB fewer tensors with the paper's weights at 64x128, no change at
+    224x448 (activations larger there)."""
     @tf.custom_gradient
     def identity(a, b):
         def grad(da, db):

@@ -8,11 +8,12 @@ alive at a time, the rest of the step first-order):
         (the graph and its trace once: the second-order supernet graph is the step's largest);
     soft_product: grad_P [grad_S L_soft(S; P) . u]    = d2 L_soft/dP dS . u
         hvp.py's forward-over-reverse: u pushed forward through the student keeps none of its
-        activations (paper setting: 0.5 GB above S and u, reverse-over-reverse 1.6 GB; README).
+        activations (paper setting: 0.5 GB above S and u, reverse-over-reverse 1.6 GB;
+        docs/paper_scale_log.md).
 The same values as `SearchProblem.unrolled_hypergradient`, the nested tapes around all of
 (1)-(3) (tests/search/test_hypergradient.py checks both against central differences of F), whose
 one outer tape keeps every pass of the step for one backward (13.4 GB of tensors at the paper's
-setting; README, "Tenth session: the exact hypergradient in DARTS' form").
+setting; docs/paper_scale_log.md, "Tenth session: the exact hypergradient in DARTS' form").
 """
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def symbolic_product(problem, weights, arch, v, batch):
     gradient for each of the forward's side outputs, zeros where there is none: at the paper's
     setting ~4.9k zero tensors (2.8 GB) and a 3x larger graph. tf.gradients rewrites each call
     with only the side outputs it uses (same values; 224x448: RSS -2.9 GB, first call
-    73 -> 50 s; README, "Eleventh session")."""
+    73 -> 50 s; docs/paper_scale_log.md, "Eleventh session")."""
     loss = problem.teacher_loss(weights, arch, batch, inline=True)
     grads = checked_gradients(tf.gradients(loss, weights), problem.teacher.weight_names, GRAD_T)
     return tf.gradients(grads, arch, grad_ys=v)

@@ -157,10 +157,11 @@ class SearchProblem:
         stage's gradient added to L_t^val's as it is made. So T', one gradient list and at most
         one pass's activations are alive, and P's pass costs no more arithmetic than redoing it
         whole. In the other order P's gradient list waited beside L_t^val's whole activations:
-        the exact step's peak at the paper's setting (README). `tf.recompute_grad` around both
-        passes started the recomputation as soon as its *first* output's gradient existed;
-        L_t^val's is a constant, so the recomputed activations (and a copy of T') waited
-        through the student stages for P's gradient (2.6 GB of an 8.9 GB peak; README)."""
+        the exact step's peak at the paper's setting (docs/paper_scale_log.md). `tf.recompute_grad`
+        around both passes started the recomputation as soon as its *first* output's gradient
+        existed; L_t^val's is a constant, so the recomputed activations (and a copy of T') waited
+        through the student stages for P's gradient (2.6 GB of an 8.9 GB peak;
+        docs/paper_scale_log.md)."""
         def val_gradient(weights, arch, val_images, val_labels, images, checkpoints,
                          probs_seed):
             watched = list(weights) + list(arch)

@@ -3,8 +3,9 @@
 Under two GradientTapes, every call of a supernet cell function (a `tf.function`) takes TF's
 higher-order tape path, whose backward function takes a gradient for each side output of the
 forward (the intermediates it keeps) and is fed zeros where none arrives: at the paper's setting
-4.9k zero tensors, 2.8 GB, and a 3x larger graph (README, "Eleventh session"). The product's
-values are checked against central differences in test_hypergradient.py; this checks the graph.
+4.9k zero tensors, 2.8 GB, and a 3x larger graph (docs/paper_scale_log.md, "Eleventh session"). The
+product's values are checked against central differences in test_hypergradient.py; this checks the
+graph.
 """
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """The soft product d2 L_soft/dP dS . u pushes u through the student op by op, not through the
 student's traced forward function: under a ForwardAccumulator TF takes a function call's jvp as
 the transpose of its whole backward (a full backward, then its backward), which at the paper's
-setting held +4.7 GB of tensors for this product instead of +0.9 GB (README, "Thirteenth
-session"). The values are the same either way."""
+setting held +4.7 GB of tensors for this product instead of +0.9 GB
+(docs/paper_scale_log.md, "Thirteenth session"). The values are the same either way."""
 from __future__ import annotations
 
 import numpy as np

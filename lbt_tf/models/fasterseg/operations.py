@@ -455,7 +455,8 @@ class MixedOp(keras.layers.Layer):
             if key not in functions:
                 # Not inlined: inlined, the runtime's graph is as large as per-cell tracing's
                 # (lpt at the demo config with 16 layers: 3.7 vs 2.8 GB peak), and the exact
-                # mode's nested gradient functions grew past 15 GB there (README, issue 13).
+                # mode's nested gradient functions grew past 15 GB there
+                # (docs/paper_scale_log.md).
                 functions[key] = tf.function(
                     functools.partial(self.mixed_forward, training=bool(training)),
                     autograph=False, reduce_retracing=False,
