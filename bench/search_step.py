@@ -266,11 +266,10 @@ def run_child(name):
     return json.loads(lines[-1][len("BENCH "):])
 
 
-def ratios_to_lpt(results):
-    """{mode: (step / lpt's, peak memory / lpt's)} for the modes run beside lpt."""
-    lpt = results["lpt"]
-    return {name: (r["step_s"] / lpt["step_s"], r["peak_mem_mb"] / lpt["peak_mem_mb"])
-            for name, r in results.items()}
+def ratio_to_lpt(results, name, key):
+    """results[name][key] / lpt's (NaN when lpt did not run)."""
+    lpt = results.get("lpt")
+    return results[name][key] / lpt[key] if lpt else float("nan")
 
 
 def plot(results, path):
@@ -280,12 +279,11 @@ def plot(results, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     names_ = list(results)
-    ratios = ratios_to_lpt(results)
     no_target = (None, None)
     panels = [  # title, values, each mode's target (None: none)
-        ("step / lpt's", [ratios[n][0] for n in names_],
+        ("step / lpt's", [ratio_to_lpt(results, n, "step_s") for n in names_],
          [TARGETS.get(n, no_target)[0] for n in names_]),
-        ("peak memory / lpt's", [ratios[n][1] for n in names_],
+        ("peak memory / lpt's", [ratio_to_lpt(results, n, "peak_mem_mb") for n in names_],
          [TARGETS.get(n, no_target)[1] for n in names_]),
         ("trace + compile (s)", [results[n]["compile_s"] for n in names_],
          [MAX_COMPILE_S] * len(names_))]
@@ -335,7 +333,6 @@ def main(argv):
             results[name] = result
             print(f"mode={name} " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else
                                               f"{k}={v}" for k, v in result.items()), flush=True)
-    lpt = results.get("lpt")
     print("\n| mode | step (s) | step / lpt | peak memory (GB) | memory / lpt "
           "| peak tensors (GB) | tensors / lpt | steady peak memory (GB) | steady / lpt "
           "| first step (s) | trace + compile (s) | of it trace (s) "
@@ -343,7 +340,7 @@ def main(argv):
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
         def ratio(key):
-            return r[key] / lpt[key] if lpt else float("nan")
+            return ratio_to_lpt(results, name, key)
         print(f"| {name} | {r['step_s']:.2f} | {ratio('step_s'):.2f} "
               f"| {r['peak_mem_mb'] / 1024:.1f} | {ratio('peak_mem_mb'):.2f} "
               f"| {r['peak_tensor_mb'] / 1024:.1f} | {ratio('peak_tensor_mb'):.2f} "

@@ -49,11 +49,15 @@ RESULTS = {"lpt": {"step_s": 20.0, "peak_mem_mb": 7000.0, "compile_s": 30.0},
            "lbt-exact": {"step_s": 56.0, "peak_mem_mb": 10500.0, "compile_s": 160.0}}
 
 
-def test_ratios_to_lpt():
-    ratios = search_step.ratios_to_lpt(RESULTS)
-    assert ratios["lpt"] == (1.0, 1.0)
-    assert np.allclose(ratios["lbt-finite_difference"], (2.25, 1.3))
-    assert np.allclose(ratios["lbt-exact"], (2.8, 1.5))
+def test_ratio_to_lpt():
+    def ratios(name):
+        return tuple(search_step.ratio_to_lpt(RESULTS, name, key)
+                     for key in ("step_s", "peak_mem_mb"))
+    assert ratios("lpt") == (1.0, 1.0)
+    assert np.allclose(ratios("lbt-finite_difference"), (2.25, 1.3))
+    assert np.allclose(ratios("lbt-exact"), (2.8, 1.5))
+    without_lpt = {"lbt-exact": RESULTS["lbt-exact"]}
+    assert np.isnan(search_step.ratio_to_lpt(without_lpt, "lbt-exact", "step_s"))
 
 
 def test_plot_writes_the_three_panels(tmp_path):
